@@ -1,0 +1,5 @@
+import sys
+
+from mtsmart.cli import main
+
+sys.exit(main())

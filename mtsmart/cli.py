@@ -1,0 +1,48 @@
+"""`mtsmart <command>`: train (more commands plug in here)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional
+
+from mtsmart.config import ConfigError, load_config
+
+
+def split_config_and_overrides(args: list[str]) -> tuple[Optional[str], list[str]]:
+    """`[CONFIG.yaml] [key=value ...]` → (config path or None, overrides)."""
+    if args and "=" not in args[0]:
+        return args[0], args[1:]
+    return None, args
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mtsmart.train import train
+
+    config_path, overrides = split_config_and_overrides(args.rest)
+    cfg = load_config(config_path, overrides)
+    results = train(cfg, command_line=sys.argv)
+    final = results["final"]
+    print(" ".join(f"{k}={v:.4f}" for k, v in final.items()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mtsmart", description="SMART multi-task fine-tuning")
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train a multi-task model: mtsmart train [CONFIG.yaml] [key=value ...]")
+    train.add_argument("rest", nargs=argparse.REMAINDER, help="a config file, then dotted key=value overrides")
+    train.set_defaults(handler=cmd_train)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ConfigError as error:
+        print(f"mtsmart: configuration error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Typed run configuration: dataclasses, loaded from YAML plus dotted `key=value` overrides.
+
+    cfg = load_config("scripts/configs/quickstart.yaml", ["train.lr=3e-5", "tasks=[rte,stsb]"])
+
+Unknown keys and values of the wrong type are errors that name the key. Each field's trailing
+comment is its help text: `docs/configuration.md` is generated from it (mtsmart.config_doc).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from mtsmart.adversarial.config import AdversarialConfig
+from mtsmart.bregman import BregmanConfig
+from mtsmart.data.config import DataConfig
+from mtsmart.smart import SmartConfig
+
+
+_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "minilm"  # hub id, local folder, `minilm` (packaged all-MiniLM-L6-v2) or `tiny` (random)
+    tokenizer: Optional[str] = None  # tokenizer source when it differs (default: the encoder's; `minilm` for tiny)
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"  # sdpa = PyTorch's fused attention
+    tiny_hidden_size: int = 64  # size of the `tiny` encoder
+    tiny_layers: int = 2  # layers of the `tiny` encoder
+    tiny_heads: int = 2  # attention heads of the `tiny` encoder
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 32  # examples per optimizer step (all ranks and accumulation steps together)
+    grad_accum: int = 1  # micro-batches per optimizer step (all from the step's task)
+    lr: float = 5e-5  # peak learning rate of AdamW
+    weight_decay: float = 0.01  # decoupled; not applied to biases and LayerNorm weights
+    adam_eps: float = 1e-6  # AdamW ε
+    epochs: float = 3.0  # passes over the sum of the training sets (ignored when max_steps > 0)
+    max_steps: int = 0  # optimizer steps; 0 = derive from epochs
+    warmup_ratio: float = 0.1  # fraction of steps of linear warm-up, then linear decay to 0
+    grad_clip: float = 1.0  # max global gradient l2 norm; 0 = no clipping
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype (fp16 uses a GradScaler)
+    seed: int = 42  # seeds weights of the heads, dropout, the task sampler and every loader
+    log_every_steps: int = 10  # TensorBoard scalars every this many steps
+    save_every_steps: int = 0  # write a checkpoint every this many steps (0 = only at the end)
+    keep_checkpoints: int = 2  # most recent step checkpoints kept (the best one is kept apart)
+    resume: str = ""  # "" = start fresh, "auto" = latest checkpoint in output_dir, or a checkpoint path
+    resume_force: bool = False  # resume even when the checkpoint's config differs
+    nonfinite: Literal["skip", "raise"] = "skip"  # a non-finite loss/gradient: skip the step, or stop
+    max_nonfinite_in_row: int = 10  # stop after this many skipped steps in a row
+
+
+@dataclass
+class EvalConfig:
+    every_steps: int = 0  # evaluate every this many steps (0 = only at the end)
+    batch_size: int = 64  # evaluation batch size
+    max_examples: int = 0  # evaluate on the first N examples of each dev set (0 = all)
+
+
+@dataclass
+class Config:
+    tasks: list[str] = field(default_factory=lambda: ["rte"])  # task names (tasks/<name>.yaml) or YAML paths
+    output_dir: str = "runs/default"  # run directory: config, logs, checkpoints, results
+    tasks_dir: str = ""  # folder of task files; empty = the tasks/ folder of this checkout
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    smart: SmartConfig = field(default_factory=SmartConfig)
+    bregman: BregmanConfig = field(default_factory=BregmanConfig)
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+
+
+# --------------------------------------------------------------------------- building from data
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """`value` checked against the annotation `tp`; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{key}: unsupported field type {_type_name(tp)}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown key {prefix}{unknown[0]}; known keys of {prefix.rstrip('.') or 'config'}: {sorted(names)}")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        key = prefix + name
+        kwargs[name] = _build(tp, value, key + ".") if dataclasses.is_dataclass(tp) else _coerce(value, tp, key)
+    try:
+        return cls(**kwargs)
+    except ValueError as error:  # __post_init__ validation names its key
+        raise ConfigError(str(error)) from None
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    return _build(Config, data, "")
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=value` → (["a", "b"], value parsed as YAML: 3e-5, true, [rte,stsb], null)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    # YAML 1.1 reads 3e-5 as a string (it wants 3.0e-5): accept the usual float spellings.
+    if isinstance(value, str) and _FLOAT.match(value):
+        value = float(value)
+    return key.split("."), value
+
+
+def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for depth, part in enumerate(path[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {'.'.join(path)}: {'.'.join(path[:depth + 1])} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def load_config(path: Optional[str | Path] = None, overrides: list[str] = ()) -> Config:
+    """Defaults, then the YAML file (if any), then each override in order."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        with open(path, encoding="utf-8") as handle:
+            try:
+                data = yaml.safe_load(handle) or {}
+            except yaml.YAMLError as error:
+                raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a config file must hold a mapping")
+    for text in overrides:
+        apply_override(data, *parse_override(text))
+    try:
+        return config_from_dict(data)
+    except ConfigError as error:
+        where = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{where}{error}") from None
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    from mtsmart.io import atomic_write_text
+
+    atomic_write_text(path, text)

@@ -1,0 +1,103 @@
+"""Dev-set evaluation: predictions in dataset order, metrics per evaluation, the GLUE-style mean."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from mtsmart.batch import Batch
+from mtsmart.metrics import Predictions, compute_metrics, glue_average
+from mtsmart.model import task_output
+from mtsmart.task_spec import TaskSpec
+
+
+@dataclass
+class EvalSet:
+    """One evaluation: e.g. `mnli_m` = task mnli on its dev_matched split."""
+
+    name: str
+    spec: TaskSpec
+    batches: Sequence[Batch]  # in any order; example_ids restore dataset order
+
+
+@dataclass
+class TaskPredictions:
+    """Raw outputs in dataset order: logits (B, C), scores (B,), or ranking grids (G, Cmax) + mask."""
+
+    outputs: np.ndarray
+    mask: np.ndarray | None
+    labels: np.ndarray | None
+
+
+def _ranking_rows(output: torch.Tensor, batch: Batch) -> list[tuple[np.ndarray, np.ndarray]]:
+    scores = output.float().cpu().numpy()
+    mask = batch.candidate_mask.cpu().numpy()
+    return [(scores[g], mask[g]) for g in range(scores.shape[0])]
+
+
+def _pad_rows(rows: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    width = max(len(scores) for scores, _ in rows)
+    scores = np.full((len(rows), width), -np.inf, dtype=np.float32)
+    mask = np.zeros((len(rows), width), dtype=bool)
+    for g, (row_scores, row_mask) in enumerate(rows):
+        scores[g, : len(row_scores)] = row_scores
+        mask[g, : len(row_mask)] = row_mask
+    return scores, mask
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, batches: Iterable[Batch], spec: TaskSpec, device: torch.device, autocast) -> TaskPredictions:
+    """Run the model over `batches` (eval mode) and return outputs in dataset order."""
+    was_training = model.training
+    model.eval()
+    ids: list[int] = []
+    outputs: list = []
+    labels: list = []
+    try:
+        for batch in batches:
+            batch = batch.to(device)
+            with autocast():
+                output = task_output(model, batch)
+            ids.extend(batch.example_ids)
+            if spec.type == "ranking":
+                outputs.extend(_ranking_rows(output, batch))
+            else:
+                outputs.extend(output.float().cpu().numpy())
+            if batch.labels is not None:
+                labels.extend(batch.labels.cpu().numpy())
+    finally:
+        model.train(was_training)
+    order = np.argsort(np.asarray(ids), kind="stable")
+    ordered = [outputs[i] for i in order]
+    gold = np.asarray([labels[i] for i in order]) if len(labels) == len(ids) else None
+    if spec.type == "ranking":
+        scores, mask = _pad_rows(ordered)
+        return TaskPredictions(outputs=scores, mask=mask, labels=gold)
+    return TaskPredictions(outputs=np.stack(ordered), mask=None, labels=gold)
+
+
+def metrics_of(spec: TaskSpec, predictions: TaskPredictions) -> dict[str, float]:
+    if predictions.labels is None:
+        raise ValueError(f"task {spec.name}: cannot compute metrics of unlabelled data")
+    outputs = predictions.outputs
+    if spec.type == "classification":
+        packed = Predictions(gold=predictions.labels, pred=outputs.argmax(-1))
+    elif spec.type == "regression":
+        packed = Predictions(gold=predictions.labels, pred=outputs)
+    else:
+        packed = Predictions(gold=predictions.labels, scores=outputs, mask=predictions.mask)
+    return compute_metrics(spec.metrics, packed)
+
+
+def evaluate(model: nn.Module, eval_sets: Sequence[EvalSet], device: torch.device, autocast) -> dict[str, float]:
+    """{"<eval name>/<metric>": value, ..., "avg": GLUE-style mean}."""
+    results: dict[str, float] = {}
+    for eval_set in eval_sets:
+        predictions = predict(model, eval_set.batches, eval_set.spec, device, autocast)
+        for metric, value in metrics_of(eval_set.spec, predictions).items():
+            results[f"{eval_set.name}/{metric}"] = value
+    results["avg"] = glue_average(results, {e.name: list(e.spec.metrics) for e in eval_sets})
+    return results

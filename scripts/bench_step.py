@@ -1,0 +1,223 @@
+"""Time one optimizer step of plain fine-tuning and of SMART, against SMART's op-count floor.
+
+    python scripts/bench_step.py              # packaged MiniLM, batch 16 × 128 tokens, CPU, 2 threads
+    python scripts/bench_step.py --quick      # tiny random BERT: a smoke run of the script
+
+A step = forward + losses + backward + AdamW step, on one fixed batch, in one process. Every
+variant gets --warmup untimed runs, then --repeats rounds time each variant once in turn
+(interleaved, so a change in machine load hits all variants alike); the median is reported.
+
+The floor of SMART with K ascent steps, from measured units (docs/performance.md explains it):
+
+    floor(K) = t_plain + K · t_fwd_bwd_inputs + t_fwd_bwd_params
+
+- t_plain: the plain step (clean forward, task loss, full backward, AdamW). SMART shares all of
+  it: the task loss and the outer term are summed and backpropagated once, and the outer term's
+  gradient through the clean output f(x) and through x joins the task loss's there.
+- t_fwd_bwd_inputs: one ascent step: forward of x + δ (x detached), inner divergence, backward
+  to δ only.
+- t_fwd_bwd_params: the outer term's own extra work: forward of x + δ, divergence, backward into
+  every encoder/head parameter and into x (a leaf here), but not into the word-embedding table,
+  whose backward runs once for both branches in the SMART step (their gradients meet at x).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
+
+from mtsmart.batch import Batch  # noqa: E402
+from mtsmart.divergence import symmetric_kl  # noqa: E402
+from mtsmart.model import MultiTaskModel, load_encoder, load_tokenizer, output_fn, task_output  # noqa: E402
+from mtsmart.perturbation import token_mask  # noqa: E402
+from mtsmart.smart import SmartConfig, SmartRegularizer  # noqa: E402
+from mtsmart.task_spec import TaskSpec  # noqa: E402
+
+TASK = "bench"
+SPEC = TaskSpec(name=TASK, type="classification", metrics=("accuracy",), labels=("a", "b", "c"))
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny random BERT and a small batch (smoke run)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default 2; 1 with --quick)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7, help="timed rounds (>= 5)")
+    args = parser.parse_args()
+    if args.repeats < 5:
+        parser.error("--repeats must be >= 5")
+    if args.quick:
+        args.batch_size, args.seq_len = 4, 16
+    if args.threads is None:
+        # Tiny tensors gain nothing from a second thread, and a busy machine's thread pool
+        # spinning would dominate the smoke run's time.
+        args.threads = 1 if args.quick else 2
+    return args
+
+
+def build(args: argparse.Namespace) -> tuple[MultiTaskModel, Batch]:
+    torch.manual_seed(0)
+    if args.quick:
+        vocab_size = 1000
+        encoder = load_encoder("tiny", vocab_size, tiny_hidden_size=32, tiny_layers=2, tiny_heads=2)
+    else:
+        vocab_size = load_tokenizer("minilm", None).vocab_size
+        encoder = load_encoder("minilm", vocab_size)
+    model = MultiTaskModel(encoder, {TASK: SPEC}).train()  # dropout on, as in training
+    # Random ids, no padding: every one of the B × T positions costs what a real token costs.
+    ids = torch.randint(1000 if vocab_size > 2000 else 1, vocab_size, (args.batch_size, args.seq_len))
+    batch = Batch(
+        task=TASK,
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        token_type_ids=torch.zeros_like(ids),
+        labels=torch.randint(0, 3, (args.batch_size,)),
+    )
+    return model, batch
+
+
+# --------------------------------------------------------------------------- full steps
+
+
+def make_step(model, batch, optimizer, regularizer: Callable | None) -> Callable[[], None]:
+    """One optimizer step; `regularizer(embeds, clean) -> loss term` or None for plain fine-tuning."""
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        embeds = model.word_embeddings(batch.input_ids)  # x
+        clean = task_output(model, batch, inputs_embeds=embeds)  # f(x), shared with Rs
+        loss = F.cross_entropy(clean, batch.labels)
+        if regularizer is not None:
+            loss = loss + regularizer(embeds, clean)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def mtsmart_term(model, batch, steps: int) -> Callable:
+    smart = SmartRegularizer(SmartConfig(steps=steps))
+    return lambda embeds, clean: smart(model, batch, embeds, clean, "classification").loss
+
+
+def peer_term(model, batch, steps: int) -> Callable | None:
+    """smart-pytorch 0.0.4's SMARTLoss fed with the word-embedding output x (not the full
+    embedding output, SMART.md §4.2), with its README's divergences; None if not installed."""
+    try:
+        from smart_pytorch import SMARTLoss, kl_loss, sym_kl_loss
+    except ImportError:
+        return None
+    loss = SMARTLoss(eval_fn=output_fn(model, batch), loss_fn=kl_loss, loss_last_fn=sym_kl_loss, num_steps=steps)
+    return lambda embeds, clean: loss(embeds, clean)
+
+
+# --------------------------------------------------------------------------- units of the floor
+
+
+def clean_inputs(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """x and f(x) without graph, computed once: the units time only the work the floor counts."""
+    with torch.no_grad():
+        x = model.word_embeddings(batch.input_ids)
+        return x, output_fn(model, batch)(x)
+
+
+def fwd_bwd_inputs(model, batch, freeze_params: bool = False) -> Callable[[], None]:
+    """One ascent step: forward of x + δ (x detached), divergence, gradient w.r.t. δ only.
+
+    freeze_params: turn requires_grad off on every parameter for the step, the alternative to
+    relying on autograd pruning the parameter paths (measured, docs/performance.md).
+    """
+    forward, (x, clean) = output_fn(model, batch), clean_inputs(model, batch)
+    mask = token_mask(batch.attention_mask, x.dtype)
+
+    def unit() -> None:
+        flags = [p.requires_grad for p in model.parameters()]
+        if freeze_params:
+            model.requires_grad_(False)
+        try:
+            delta = (torch.randn_like(x) * 1e-5 * mask).requires_grad_()
+            torch.autograd.grad(symmetric_kl(forward(x + delta), clean), inputs=delta)
+        finally:
+            for p, flag in zip(model.parameters(), flags):
+                p.requires_grad_(flag)
+
+    return unit
+
+
+def fwd_bwd_params(model, batch) -> Callable[[], None]:
+    """The outer term's extra work: forward of x + δ and backward into θ and x, not the table."""
+    forward, (x, clean) = output_fn(model, batch), clean_inputs(model, batch)
+
+    def unit() -> None:
+        model.zero_grad(set_to_none=True)
+        leaf = x.clone().requires_grad_()  # a leaf: the gradient reaches x, not the embedding table
+        symmetric_kl(forward(leaf + torch.randn_like(x) * 1e-5), clean).backward()
+
+    return unit
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def timed(variants: dict[str, Callable[[], None]], warmup: int, repeats: int) -> dict[str, float]:
+    """Median wall time of each variant over `repeats` interleaved rounds after `warmup` runs each."""
+    for run in variants.values():
+        for _ in range(warmup):
+            run()
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, run in variants.items():
+            start = time.perf_counter()
+            run()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    model, batch = build(args)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    variants = {
+        "plain fine-tuning": make_step(model, batch, optimizer, None),
+        "SMART K=1": make_step(model, batch, optimizer, mtsmart_term(model, batch, 1)),
+        "SMART K=2": make_step(model, batch, optimizer, mtsmart_term(model, batch, 2)),
+        "unit t_fwd_bwd_inputs": fwd_bwd_inputs(model, batch),
+        "unit t_fwd_bwd_inputs, params frozen": fwd_bwd_inputs(model, batch, freeze_params=True),
+        "unit t_fwd_bwd_params": fwd_bwd_params(model, batch),
+    }
+    peer = peer_term(model, batch, 1)
+    if peer is None:
+        print("smart-pytorch is not importable: peer timing skipped (pip install --no-deps smart-pytorch==0.0.4)")
+    else:
+        variants["smart-pytorch 0.0.4 K=1"] = make_step(model, batch, optimizer, peer)
+        variants["smart-pytorch 0.0.4 K=2"] = make_step(model, batch, optimizer, peer_term(model, batch, 2))
+
+    model_name = "tiny random BERT" if args.quick else "packaged MiniLM (all-MiniLM-L6-v2)"
+    print(f"{model_name}, batch {args.batch_size} x {args.seq_len}, CPU, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, median of {args.repeats} interleaved rounds after {args.warmup} warm-ups")
+    times = timed(variants, args.warmup, args.repeats)
+    for name, seconds in times.items():
+        print(f"  {name:40s} {seconds * 1000:9.1f} ms")
+    for k in (1, 2):
+        floor = times["plain fine-tuning"] + k * times["unit t_fwd_bwd_inputs"] + times["unit t_fwd_bwd_params"]
+        print(f"  {f'floor K={k}':40s} {floor * 1000:9.1f} ms   (t_plain + {k}·t_fwd_bwd_inputs + t_fwd_bwd_params)")
+        print(f"  ratio SMART K={k} / floor K={k}: {times[f'SMART K={k}'] / floor:.3f}")
+        if peer is not None:
+            print(f"  ratio SMART K={k} / smart-pytorch K={k}: "
+                  f"{times[f'SMART K={k}'] / times[f'smart-pytorch 0.0.4 K={k}']:.3f}")
+    print(f"  ratio SMART K=1 / plain: {times['SMART K=1'] / times['plain fine-tuning']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
