@@ -31,8 +31,8 @@ from mtsmart.io import atomic_write_json
 
 FORMAT_VERSION = 1
 # Keys allowed to differ between a checkpoint's config and the resuming run's.
-RESUME_FREE_KEYS = ("train.resume", "train.resume_force", "output_dir", "eval.every_steps", "train.log_every_steps",
-                    "train.save_every_steps", "train.keep_checkpoints", "data.root", "data.num_workers")
+RESUME_FREE_KEYS = ("train.resume", "train.resume_force", "train.stop_after_steps", "output_dir", "eval.every_steps", "train.log_every_steps",
+                    "train.save_every_steps", "train.keep_checkpoints", "data.root")
 
 
 class CheckpointError(ValueError):

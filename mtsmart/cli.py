@@ -5,7 +5,12 @@ import argparse
 import sys
 from typing import Optional
 
+from mtsmart.checkpoint import CheckpointError
 from mtsmart.config import ConfigError, load_config
+from mtsmart.data.readers import DataError
+from mtsmart.task_spec import TaskSpecError
+
+USER_ERRORS = (CheckpointError, DataError, TaskSpecError, FloatingPointError)
 
 
 def split_config_and_overrides(args: list[str]) -> tuple[Optional[str], list[str]]:
@@ -21,8 +26,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     config_path, overrides = split_config_and_overrides(args.rest)
     cfg = load_config(config_path, overrides)
     results = train(cfg, command_line=sys.argv)
-    final = results["final"]
-    print(" ".join(f"{k}={v:.4f}" for k, v in final.items()))
+    if "final" not in results:
+        print(f"stopped at step {results['stopped_at_step']} (train.stop_after_steps); resume with train.resume=auto")
+        return 0
+    print(" ".join(f"{k}={v:.4f}" for k, v in results["final"].items()))
     return 0
 
 
@@ -41,6 +48,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return args.handler(args)
     except ConfigError as error:
         print(f"mtsmart: configuration error: {error}", file=sys.stderr)
+        return 2
+    except USER_ERRORS as error:  # bad input: the message names the file, line or key
+        print(f"mtsmart: error: {error}", file=sys.stderr)
         return 2
 
 

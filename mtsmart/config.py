@@ -57,6 +57,7 @@ class TrainConfig:
     save_every_steps: int = 0  # write a checkpoint every this many steps (0 = only at the end)
     keep_checkpoints: int = 2  # most recent step checkpoints kept (the best one is kept apart)
     resume: str = ""  # "" = start fresh, "auto" = latest checkpoint in output_dir, or a checkpoint path
+    stop_after_steps: int = 0  # end this process once the run reaches this optimizer step, with a checkpoint (0 = never)
     resume_force: bool = False  # resume even when the checkpoint's config differs
     nonfinite: Literal["skip", "raise"] = "skip"  # a non-finite loss/gradient: skip the step, or stop
     max_nonfinite_in_row: int = 10  # stop after this many skipped steps in a row

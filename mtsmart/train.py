@@ -368,8 +368,13 @@ class Trainer:
             if is_last or (cfg.eval.every_steps > 0 and self.state.step % cfg.eval.every_steps == 0):
                 final = self.run_evaluation()
                 progress.set_postfix(avg=f"{final['avg']:.4f}")
-            if is_last or (cfg.train.save_every_steps > 0 and self.state.step % cfg.train.save_every_steps == 0):
+            stopping = self.state.step == cfg.train.stop_after_steps
+            if is_last or stopping or (cfg.train.save_every_steps > 0 and self.state.step % cfg.train.save_every_steps == 0):
                 ckpt.save_latest(self.out, self.stateful(), cfg)
+            if stopping and not is_last:
+                progress.close()
+                self.logger.close()
+                return {"stopped_at_step": self.state.step}
         progress.close()
         if not final:  # resumed a finished run
             final = self.run_evaluation()

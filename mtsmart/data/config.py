@@ -20,7 +20,6 @@ class DataConfig:
     group_by_length: bool = False  # batches of similar lengths (less padding), still shuffled
     sampling: Literal["proportional", "temperature", "uniform"] = "proportional"  # task sampling
     temperature: float = 2.0  # sampling=temperature: p_task ∝ n_task^(1/temperature)
-    num_workers: int = 0  # DataLoader workers
 
     def __post_init__(self) -> None:
         if not 0.0 < self.train_fraction <= 1.0:

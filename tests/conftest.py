@@ -1,0 +1,42 @@
+"""Shared fixtures: the shared benchmark data, the tokenizer, and a tiny multi-task model."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Iterable, Union
+
+import pytest
+import torch
+
+from mtsmart.model import MultiTaskModel, load_encoder, load_tokenizer
+from mtsmart.task_spec import TaskSpec
+
+# The read-only benchmark data beside the repo (../shared/data), or $MTSMART_DATA.
+DATA_ROOT = Path(os.environ.get("MTSMART_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The shared data folder; tests that need it are skipped when it is absent."""
+    if not DATA_ROOT.is_dir():
+        pytest.skip(f"shared benchmark data not found at {DATA_ROOT} (set MTSMART_DATA)")
+    return DATA_ROOT
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """The tokenizer a `tiny` encoder borrows (the packaged MiniLM's WordPiece)."""
+    return load_tokenizer("tiny", None)
+
+
+@pytest.fixture
+def tiny_model_factory(tiny_tokenizer) -> Callable[..., MultiTaskModel]:
+    """make(specs, seed=0): a tiny random BERT (hidden 32, 2 layers, 2 heads) with one head per task."""
+
+    def make(specs: Union[dict[str, TaskSpec], Iterable[TaskSpec]], seed: int = 0) -> MultiTaskModel:
+        by_name = dict(specs) if isinstance(specs, dict) else {s.name: s for s in specs}
+        torch.manual_seed(seed)
+        encoder = load_encoder("tiny", tiny_tokenizer.vocab_size, tiny_hidden_size=32, tiny_layers=2, tiny_heads=2)
+        return MultiTaskModel(encoder, by_name)
+
+    return make
