@@ -1,0 +1,103 @@
+"""`scope: matrix`: the seed articles' FGSM / FGM / PGD on the whole word-embedding matrix W.
+
+Their procedure, per batch (one norm for all of W, not per example):
+
+    back-propagate the clean loss;  g = ∇_W
+    FGM/FGSM: W ← W₀ + ε · g/‖g‖ (ε · sign(g));  back-propagate L(W);  restore W₀
+    PGD:      for t = 1 … K:  r ← Π_{‖r‖≤ε}(r + α · g/‖g‖),  W ← W₀ + r,  forward L(W);
+                  t < K: g = ∇_W L(W) for the next step;  t = K: back-propagate L(W)
+              restore W₀
+    θ's gradient = ∇_θ [clean loss] + weight · ∇_θ L(W₀ + r_last)
+
+Two deliberate differences in mechanics, with identical gradients:
+- g of the clean step is read by a hook on W during that backward, not from W.grad, which under
+  gradient accumulation would also hold earlier micro-batches' gradients.
+- PGD's intermediate steps take ∇_W only (torch.autograd.grad) instead of a full backward that
+  the articles then undo (back up every parameter's gradient, zero, restore): this forms no
+  parameter gradients and needs no copy of them.
+W is restored bitwise from a copy in a `finally:` block, so an error mid-attack cannot leave it
+perturbed.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from mtsmart.adversarial.base import (
+    AdversarialContext, AdversarialMethod, AdversarialResult, core_model, finite_or_zero, require_labels,
+)
+from mtsmart.model import task_output
+from mtsmart.perturbation import project, steepest_ascent, unit_norm
+
+# The whole matrix is one perturbation unit: view W (V, H) as one "sentence" (1, V, H).
+_UNIT = "sentence"
+
+
+def matrix_direction(grad: Tensor, norm: str) -> Tensor:
+    """g/‖g‖ under `norm` with one norm for the whole matrix (sign(g) for inf). (V, H) → (V, H)."""
+    ones = torch.ones((), dtype=grad.dtype, device=grad.device)
+    return steepest_ascent(grad.unsqueeze(0), norm, _UNIT, ones).squeeze(0)
+
+
+def matrix_project(r: Tensor, radius: float, norm: str) -> Tensor:
+    """Π_{‖r‖≤ε} with one norm for the whole matrix. (V, H) → (V, H)."""
+    ones = torch.ones((), dtype=r.dtype, device=r.device)
+    return project(r.unsqueeze(0), radius, norm, _UNIT, ones).squeeze(0)
+
+
+def backward_capturing(backward: Callable[[Tensor], None], loss: Tensor, param: nn.Parameter) -> Tensor:
+    """Back-propagates `loss` with the loop's `backward`; returns this backward's gradient of `param`."""
+    captured: list[Tensor] = []
+    handle = param.register_hook(lambda grad: captured.append(grad.detach().clone()))
+    try:
+        backward(loss)
+    finally:
+        handle.remove()
+    if not captured:
+        raise ValueError("adversarial.scope=matrix: the loss does not depend on the word-embedding matrix")
+    return captured[0]
+
+
+class MatrixAttack(AdversarialMethod):
+    """K steps of size `step_size` on W; `radius` None (FGM/FGSM) means no projection."""
+
+    def __init__(self, step_size: float, steps: int, norm: str, radius: Optional[float], weight: float):
+        self.step_size, self.steps, self.norm, self.radius, self.weight = step_size, steps, norm, radius, weight
+
+    def __call__(self, ctx: AdversarialContext) -> AdversarialResult:
+        name = "pgd" if self.radius is not None else "fgm/fgsm"
+        labels = require_labels(ctx, name)
+        if ctx.loss is None:
+            raise ValueError(f"adversarial.method={name} with scope=matrix needs the loop's clean loss")
+        weight = core_model(ctx.model).encoder.get_input_embeddings().weight
+        if not weight.requires_grad:
+            raise ValueError("adversarial.scope=matrix needs a trainable word-embedding matrix")
+        grad = backward_capturing(ctx.backward, ctx.loss, weight)
+        backup = weight.detach().clone()  # W₀
+        r = torch.zeros_like(backup)
+        skipped = 0
+        try:
+            for step in range(self.steps):
+                grad, bad = finite_or_zero(grad)
+                skipped += bad
+                r = r + self.step_size * matrix_direction(grad, self.norm)
+                if self.radius is not None:
+                    r = matrix_project(r, self.radius, self.norm)
+                with torch.no_grad():
+                    weight.copy_(backup + r)
+                adv_loss = ctx.task_type.loss(task_output(ctx.model, ctx.batch), labels)
+                if step < self.steps - 1:
+                    (grad,) = torch.autograd.grad(adv_loss, weight)
+                else:
+                    ctx.backward(self.weight * adv_loss)
+        finally:
+            with torch.no_grad():
+                weight.copy_(backup)
+        return AdversarialResult(
+            loss=None,  # clean and adversarial losses are both back-propagated already
+            adv_loss=float(adv_loss.detach()),
+            delta_norm=float(unit_norm(r.unsqueeze(0), self.norm, _UNIT)),
+            stats={"skipped": float(skipped)},
+        )
