@@ -4,6 +4,10 @@ Per optimizer step (SMART Algorithm 1 with S inner steps inside the Bregman wrap
   task ← sampler;  x ← word embeddings;  f(x; θ) once (shared by L, Rs and D_Breg)
   loss = L(f(x), y) + μ·D_Breg(θ, θ̃) + [λs·Rs or another adversarial term]
   backward → clip → AdamW step → θ̃ update every S steps → log / evaluate / checkpoint.
+
+Under torchrun (docs/distributed.md) every rank draws the same task and trains on its shard of
+the global batch; gradients are averaged over ranks (mtsmart.distributed); rank 0 alone logs
+and writes files.
 """
 from __future__ import annotations
 
@@ -18,14 +22,15 @@ import torch
 from torch import nn
 
 from mtsmart import checkpoint as ckpt
+from mtsmart import distributed
 from mtsmart.adversarial.base import AdversarialContext, build_adversary
 from mtsmart.batch import Batch
 from mtsmart.bregman import BregmanProximal
-from mtsmart.config import Config, save_config
+from mtsmart.config import Config, ConfigError, save_config
 from mtsmart.data.encoding import encode_split
 from mtsmart.data.loader import TaskLoader, eval_batches, subsample
 from mtsmart.data.readers import read_split
-from mtsmart.evaluate import EvalSet, evaluate
+from mtsmart.evaluate import EvalSet
 from mtsmart.io import atomic_write_json
 from mtsmart.logger import MetricLogger
 from mtsmart.model import MultiTaskModel, load_encoder, load_tokenizer, task_output
@@ -58,6 +63,7 @@ class TrainState:
 
 
 def device_of() -> torch.device:
+    """The device of a one-process run (under torchrun: mtsmart.distributed.setup)."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -77,7 +83,10 @@ def load_specs(cfg: Config) -> dict[str, TaskSpec]:
     return {s.name: s for s in specs}
 
 
-def build_train_loaders(cfg: Config, specs: dict[str, TaskSpec], tokenizer) -> dict[str, TaskLoader]:
+def build_train_loaders(
+    cfg: Config, specs: dict[str, TaskSpec], tokenizer, world: distributed.World
+) -> dict[str, TaskLoader]:
+    """One loader per task; each rank takes its shard of every global micro-batch."""
     loaders = {}
     for name, spec in specs.items():
         items = encode_split(spec, read_split(spec, "train", cfg.data), tokenizer, cfg.data.max_seq_len)
@@ -90,6 +99,8 @@ def build_train_loaders(cfg: Config, specs: dict[str, TaskSpec], tokenizer) -> d
             pad_token_id=tokenizer.pad_token_id,
             shuffle=True,
             group_by_length=cfg.data.group_by_length,
+            rank=world.rank,
+            world_size=world.world_size,
         )
     return loaders
 
@@ -124,14 +135,19 @@ def total_steps(cfg: Config, loaders: dict[str, TaskLoader]) -> int:
     return max(1, int(cfg.train.epochs * steps_per_epoch))
 
 
-def validate(cfg: Config) -> None:
+def validate(cfg: Config, world_size: int) -> None:
     """Combinations that cannot work, refused before anything is loaded."""
     if cfg.train.batch_size % cfg.train.grad_accum:
-        raise ValueError(f"train.batch_size {cfg.train.batch_size} must be a multiple of train.grad_accum {cfg.train.grad_accum}")
+        raise ConfigError(f"train.batch_size {cfg.train.batch_size} must be a multiple of train.grad_accum {cfg.train.grad_accum}")
+    if (cfg.train.batch_size // cfg.train.grad_accum) % world_size:
+        raise ConfigError(
+            f"train.batch_size {cfg.train.batch_size} / train.grad_accum {cfg.train.grad_accum} must be a multiple "
+            f"of the {world_size} processes (train.batch_size is the global batch, split evenly over the ranks)"
+        )
     if cfg.train.precision == "fp16" and not torch.cuda.is_available():
-        raise ValueError("train.precision=fp16 needs a CUDA device; use bf16 on the CPU")
+        raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 on the CPU")
     if not cfg.tasks:
-        raise ValueError("tasks: give at least one task")
+        raise ConfigError("tasks: give at least one task")
 
 
 class ScalarMeter:
@@ -207,20 +223,20 @@ class Trainer:
     """Holds the run's collaborators; `fit()` is the loop."""
 
     def __init__(self, cfg: Config, command_line: Optional[list[str]] = None):
-        validate(cfg)
+        self.world, self.device = distributed.setup()
+        validate(cfg, self.world.world_size)
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.out / "config.yaml")
-        atomic_write_json(self.out / "run_info.json", run_info(cfg, command_line))
-        seed_everything(cfg.train.seed)
-        self.device = device_of()
+        # Refuse a bad resume before anything is loaded or written: nothing already in out is lost.
+        self.resume_from = self.find_resume()
+        seed_everything(cfg.train.seed)  # the same weights on every rank (DDP also broadcasts rank 0's)
         self.autocast = autocast_factory(cfg.train.precision, self.device)
 
         self.specs = load_specs(cfg)
         self.tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.tokenizer)
-        self.loaders = build_train_loaders(cfg, self.specs, self.tokenizer)
+        self.loaders = build_train_loaders(cfg, self.specs, self.tokenizer, self.world)
         self.eval_sets = build_eval_sets(cfg, self.specs, self.tokenizer)
+        # The same seed on every rank: all ranks draw the same task at every step.
         self.sampler = TaskSampler(
             list(self.specs),
             [len(loader.items) for loader in self.loaders.values()],
@@ -236,21 +252,55 @@ class Trainer:
             cfg.model.tiny_layers,
             cfg.model.tiny_heads,
         )
-        self.model = MultiTaskModel(encoder, self.specs).to(self.device)
+        self.model = distributed.wrap(MultiTaskModel(encoder, self.specs).to(self.device), self.device)
+        # Dropout and SMART's noise: an independent stream per rank (rank 0's is the one-process one).
+        seed_everything(cfg.train.seed + self.world.rank)
         self.total_steps = total_steps(cfg, self.loaders)
         self.warmup_steps = int(cfg.train.warmup_ratio * self.total_steps)
+        # θ̃ is copied from the (broadcast) parameters, so it is identical on every rank.
         self.bregman = BregmanProximal(build_optimizer(self.model, cfg), self.model, cfg.bregman, self.total_steps)
         self.adversary = build_adversary(cfg.adversarial, cfg.smart)
+        self.ddp_reduces = distributed.reduces_in_backward(cfg.adversarial.method, cfg.adversarial.scope)
+        self.backward_calls = 0
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.precision == "fp16")
         self.state = TrainState()
-        self.logger = MetricLogger(self.out / "tb")
+        if self.resume_from is not None:
+            ckpt.load(self.resume_from, self.stateful(), cfg, self.world.rank, self.world.world_size)
+        self.logger = MetricLogger(self.out / "tb" if self.world.is_main else None)
+        if self.world.is_main:
+            self.write_run_files(command_line)
+        distributed.barrier()
+
+    def find_resume(self) -> Optional[Path]:
+        """The checkpoint to continue (checked against this run), or None for a fresh run."""
+        directory = ckpt.resume_directory(self.out, self.cfg)
+        seen = distributed.gather_objects(str(directory))
+        if len(set(seen)) > 1:
+            raise ckpt.CheckpointError(
+                f"ranks see different checkpoints to resume {seen}: output_dir must be on a filesystem shared by all machines"
+            )
+        if directory is None:
+            ckpt.refuse_overwrite(self.out)
+        else:
+            ckpt.check_compatible(directory, self.cfg, self.world.world_size)
+        return directory
+
+    def write_run_files(self, command_line: Optional[list[str]]) -> None:
+        """config.yaml and run_info.json; a resumed run adds its own copies beside the first ones."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        suffix = "" if self.resume_from is None else f".resumed_step_{self.state.step}"
+        save_config(self.cfg, self.out / f"config{suffix}.yaml")
+        info = {**run_info(self.cfg, command_line), "world_size": self.world.world_size}
+        if self.resume_from is not None:
+            info["resumed_from"] = str(self.resume_from)
+        atomic_write_json(self.out / f"run_info{suffix}.json", info)
 
     # ----------------------------------------------------------------- checkpoint glue
 
     def stateful(self) -> dict:
         """Everything that shapes the rest of the run, by name (see mtsmart.checkpoint)."""
         return {
-            "model": self.model,
+            "model": model_core(self.model),
             "bregman": self.bregman,
             "adversary": self.adversary,
             "sampler": self.sampler,
@@ -259,10 +309,18 @@ class Trainer:
             "train_state": self.state,
         }
 
+    def save_checkpoint(self, best: bool = False) -> None:
+        """Every rank's RNG and adversary state gathered; rank 0 writes; all wait until it is done."""
+        stateful = {**self.stateful(), "ranks": distributed.gather_objects(ckpt.rank_state(self.adversary))}
+        if self.world.is_main:
+            (ckpt.save_best if best else ckpt.save_latest)(self.out, stateful, self.cfg)
+        distributed.barrier()
+
     # ----------------------------------------------------------------- pieces of a step
 
     def backward(self, loss: torch.Tensor) -> None:
         """Back-propagate one loss term of a micro-batch, scaled for accumulation and AMP."""
+        self.backward_calls += 1
         self.scaler.scale(loss / self.cfg.train.grad_accum).backward()
 
     def set_lr(self) -> float:
@@ -271,12 +329,38 @@ class Trainer:
             group["lr"] = lr
         return lr
 
-    def optimizer_step(self) -> Optional[float]:
-        """Clip, step, and update the teacher; None when the gradients were not finite."""
+    def accumulate_gradients(self, task: str) -> tuple[list[dict[str, float]], int]:
+        """Forward/backward of the step's micro-batches; gradients averaged over ranks at the end.
+
+        Returns each micro-batch's scalars and the examples of the step over all ranks.
+        """
+        stats, examples = [], 0
+        for micro in range(self.cfg.train.grad_accum):
+            batch = self.loaders[task].next_batch().to(self.device)
+            sync = self.ddp_reduces and micro == self.cfg.train.grad_accum - 1  # DDP reduces in this backward
+            self.backward_calls = 0
+            with distributed.gradient_sync(self.model, sync):
+                stats.append(train_microbatch(self.model, batch, self.adversary, self.bregman, self.backward, self.autocast))
+            if sync and self.world.enabled and self.backward_calls > 1:
+                raise RuntimeError(
+                    f"adversarial.method={self.cfg.adversarial.method} back-propagated {self.backward_calls} times in one "
+                    "micro-batch; add it to mtsmart.distributed.MULTI_BACKWARD_METHODS so DDP averages its gradients"
+                )
+            examples += batch.num_examples
+        if not self.ddp_reduces:
+            distributed.average_gradients(self.model)
+        return stats, examples * self.world.world_size  # equal shards on every rank
+
+    def optimizer_step(self, losses_finite: bool) -> Optional[float]:
+        """Clip, step, and update the teacher; None (nothing applied) when a loss or gradient was not finite.
+
+        All ranks decide together, so they skip the same steps and their parameters stay equal.
+        """
         self.scaler.unscale_(self.bregman.optimizer)
         max_norm = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm).item()
-        if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
+        finite = distributed.all_true(losses_finite and math.isfinite(grad_norm), self.device)
+        if not finite and not self.scaler.is_enabled():  # with fp16 the GradScaler skips and backs off
             self.bregman.zero_grad()
             return None
         self.bregman.step_with(self.scaler)  # also updates the scaler; skips θ̃ on a skipped AMP step
@@ -288,20 +372,22 @@ class Trainer:
         self.state.nonfinite_in_row += 1
         self.logger.log("train/nonfinite_skipped", self.state.nonfinite_total, self.state.step)
         if self.cfg.train.nonfinite == "raise" or self.state.nonfinite_in_row >= self.cfg.train.max_nonfinite_in_row:
+            kept = ckpt.step_checkpoints(self.out)
             raise NonFiniteLossError(
                 f"non-finite loss or gradient at step {self.state.step} "
-                f"({self.state.nonfinite_in_row} in a row, {self.state.nonfinite_total} in all); "
-                f"the last good checkpoint in {self.out / 'checkpoints'} is kept"
+                f"({self.state.nonfinite_in_row} in a row, {self.state.nonfinite_total} in all; "
+                f"train.nonfinite={self.cfg.train.nonfinite}, train.max_nonfinite_in_row={self.cfg.train.max_nonfinite_in_row}); "
+                f"the last good checkpoint is kept: {kept[-1] if kept else 'none was written yet'}"
             )
 
     def run_evaluation(self) -> dict[str, float]:
-        results = evaluate(self.model, self.eval_sets, self.device, self.autocast)
+        results = distributed.evaluate_sharded(model_core(self.model), self.eval_sets, self.device, self.autocast, self.world)
         self.logger.log_dict({f"eval/{k}": v for k, v in results.items()}, self.state.step)
         if results["avg"] > self.state.best_avg:
             self.state.best_avg = results["avg"]
             self.state.best_step = self.state.step
             self.state.best_results = dict(results)
-            ckpt.save_best(self.out, self.stateful(), self.cfg)
+            self.save_checkpoint(best=True)
         return results
 
     def step_scalars(self, task: str, stats: list[dict[str, float]], grad_norm: float, lr: float) -> dict[str, float]:
@@ -337,21 +423,26 @@ class Trainer:
     def fit(self) -> dict:
         from tqdm.auto import tqdm
 
+        progress = tqdm(
+            total=self.total_steps, initial=self.state.step, disable=None if self.world.is_main else True,
+            desc="train", dynamic_ncols=True,
+        )
+        try:
+            return self.loop(progress)
+        finally:
+            progress.close()
+            self.logger.close()
+
+    def loop(self, progress) -> dict:
         cfg = self.cfg
-        ckpt.maybe_resume(self.out, cfg, self.stateful())
-        progress = tqdm(total=self.total_steps, initial=self.state.step, disable=None, desc="train", dynamic_ncols=True)
         final: dict[str, float] = {}
         meter, interval_examples, interval_start = ScalarMeter(), 0, time.perf_counter()
         self.model.train()
         while self.state.step < self.total_steps:
             lr = self.set_lr()
             task = self.sampler.next_task()
-            stats, examples = [], 0
-            for _ in range(cfg.train.grad_accum):
-                batch = self.loaders[task].next_batch().to(self.device)
-                stats.append(train_microbatch(self.model, batch, self.adversary, self.bregman, self.backward, self.autocast))
-                examples += batch.num_examples
-            grad_norm = self.optimizer_step()
+            stats, examples = self.accumulate_gradients(task)
+            grad_norm = self.optimizer_step(all(math.isfinite(v) for s in stats for v in s.values()))
             if grad_norm is None:
                 self.note_nonfinite()
                 continue  # the step is retried with the next batch; nothing was applied
@@ -370,19 +461,19 @@ class Trainer:
                 progress.set_postfix(avg=f"{final['avg']:.4f}")
             stopping = self.state.step == cfg.train.stop_after_steps
             if is_last or stopping or (cfg.train.save_every_steps > 0 and self.state.step % cfg.train.save_every_steps == 0):
-                ckpt.save_latest(self.out, self.stateful(), cfg)
+                self.save_checkpoint()
             if stopping and not is_last:
-                progress.close()
-                self.logger.close()
                 return {"stopped_at_step": self.state.step}
-        progress.close()
         if not final:  # resumed a finished run
             final = self.run_evaluation()
         results = {"final": final, "best": {**self.state.best_results, "step": self.state.best_step}}
-        atomic_write_json(self.out / "results.json", results)
-        self.logger.close()
+        if self.world.is_main:
+            atomic_write_json(self.out / "results.json", results)
         return results
 
 
 def train(cfg: Config, command_line: Optional[list[str]] = None) -> dict:
-    return Trainer(cfg, command_line).fit()
+    try:
+        return Trainer(cfg, command_line).fit()
+    finally:
+        distributed.teardown()

@@ -1,0 +1,41 @@
+"""Replaying the random state of a forward pass, so two forwards draw the same dropout masks.
+
+SMART's Rs compares f(x̃; θ) with f(x; θ). In training mode f is random (dropout): with
+independent masks, ℓs(f(x̃), f(x)) measures mostly the dropout noise, not the perturbation
+(SMART.md §6 puts the perturbation's effect at ~1e-7 at the paper's ε). Replaying the clean
+forward's random state makes both forwards use one sampled sub-network, so Rs is the smoothness
+of one function, as Eq. (1) defines it.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import torch
+
+
+@dataclass(frozen=True)
+class RngSnapshot:
+    cpu: torch.Tensor
+    cuda_device: Optional[int]
+    cuda: Optional[torch.Tensor]
+
+
+def snapshot(device: torch.device) -> RngSnapshot:
+    """The random state a forward on `device` is about to consume."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return RngSnapshot(torch.get_rng_state(), index, torch.cuda.get_rng_state(index))
+    return RngSnapshot(torch.get_rng_state(), None, None)
+
+
+@contextlib.contextmanager
+def replay(state: RngSnapshot) -> Iterator[None]:
+    """Run the block from `state`; afterwards the global random state is as before the block."""
+    devices = [] if state.cuda_device is None else [state.cuda_device]
+    with torch.random.fork_rng(devices=devices, device_type="cuda"):
+        torch.set_rng_state(state.cpu)
+        if state.cuda is not None:
+            torch.cuda.set_rng_state(state.cuda, state.cuda_device)
+        yield
