@@ -79,7 +79,12 @@ def parse_task_spec(raw: dict[str, Any], path: Path) -> TaskSpec:
     for metric in metrics:
         if metric not in KNOWN_METRICS:
             raise _fail(path, f"key 'metrics': unknown metric {metric!r}; known: {KNOWN_METRICS}")
-    labels = tuple(str(label) for label in raw.get("labels", ()))
+    raw_labels = raw.get("labels", ())
+    for label in raw_labels:
+        # YAML reads unquoted no/yes/true/1 as booleans or numbers: the data then never matches.
+        if not isinstance(label, str):
+            raise _fail(path, f"key 'labels': {label!r} is not a string; quote labels in YAML, e.g. [\"0\", \"1\"]")
+    labels = tuple(raw_labels)
     if task_type == "classification" and len(labels) < 2:
         raise _fail(path, "key 'labels': a classification task needs at least two labels")
     positive = raw.get("positive_label")
@@ -87,6 +92,8 @@ def parse_task_spec(raw: dict[str, Any], path: Path) -> TaskSpec:
         raise _fail(path, f"key 'positive_label': {positive!r} must be one of labels {labels}")
     score_range = raw.get("score_range")
     if score_range is not None:
+        if not isinstance(score_range, list) or len(score_range) != 2:
+            raise _fail(path, f"key 'score_range': {score_range!r} must be [low, high]")
         score_range = (float(score_range[0]), float(score_range[1]))
     dropout = raw.get("dropout", 0.1)
     if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:

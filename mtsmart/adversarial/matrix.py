@@ -47,6 +47,15 @@ def matrix_project(r: Tensor, radius: float, norm: str) -> Tensor:
     return project(r.unsqueeze(0), radius, norm, _UNIT, ones).squeeze(0)
 
 
+def rank_mean(grad: Tensor) -> Tensor:
+    """Under DDP each rank sees the gradient of its own shard; the attack direction is that of the
+    whole global batch, as in one process, so average it over ranks."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(grad)
+        grad /= torch.distributed.get_world_size()
+    return grad
+
+
 def backward_capturing(backward: Callable[[Tensor], None], loss: Tensor, param: nn.Parameter) -> Tensor:
     """Back-propagates `loss` with the loop's `backward`; returns this backward's gradient of `param`."""
     captured: list[Tensor] = []
@@ -74,7 +83,7 @@ class MatrixAttack(AdversarialMethod):
         weight = core_model(ctx.model).encoder.get_input_embeddings().weight
         if not weight.requires_grad:
             raise ValueError("adversarial.scope=matrix needs a trainable word-embedding matrix")
-        grad = backward_capturing(ctx.backward, ctx.loss, weight)
+        grad = rank_mean(backward_capturing(ctx.backward, ctx.loss, weight))
         backup = weight.detach().clone()  # W₀
         r = torch.zeros_like(backup)
         skipped = 0
@@ -90,6 +99,7 @@ class MatrixAttack(AdversarialMethod):
                 adv_loss = ctx.task_type.loss(task_output(ctx.model, ctx.batch), labels)
                 if step < self.steps - 1:
                     (grad,) = torch.autograd.grad(adv_loss, weight)
+                    grad = rank_mean(grad)
                 else:
                     ctx.backward(self.weight * adv_loss)
         finally:
