@@ -1,4 +1,4 @@
-"""`mtsmart <command>`: train (more commands plug in here)."""
+"""`mtsmart <command>`: train, evaluate, predict, export, robustness (mtsmart/commands/)."""
 from __future__ import annotations
 
 import argparse
@@ -8,9 +8,10 @@ from typing import Optional
 from mtsmart.checkpoint import CheckpointError
 from mtsmart.config import ConfigError, load_config
 from mtsmart.data.readers import DataError
+from mtsmart.run_dir import RunDirError
 from mtsmart.task_spec import TaskSpecError
 
-USER_ERRORS = (CheckpointError, DataError, TaskSpecError, FloatingPointError)
+USER_ERRORS = (CheckpointError, DataError, TaskSpecError, RunDirError, FloatingPointError)
 
 
 def split_config_and_overrides(args: list[str]) -> tuple[Optional[str], list[str]]:
@@ -39,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a multi-task model: mtsmart train [CONFIG.yaml] [key=value ...]")
     train.add_argument("rest", nargs=argparse.REMAINDER, help="a config file, then dotted key=value overrides")
     train.set_defaults(handler=cmd_train)
+    from mtsmart.commands import COMMANDS
+
+    for command in COMMANDS:
+        command.add_parser(commands)
     return parser
 
 

@@ -33,7 +33,7 @@ class TaskPredictions:
 
 
 def _ranking_rows(output: torch.Tensor, batch: Batch) -> list[tuple[np.ndarray, np.ndarray]]:
-    scores = output.float().cpu().numpy()
+    scores = output.detach().float().cpu().numpy()
     mask = batch.candidate_mask.cpu().numpy()
     return [(scores[g], mask[g]) for g in range(scores.shape[0])]
 
@@ -48,35 +48,44 @@ def _pad_rows(rows: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np
     return scores, mask
 
 
-@torch.inference_mode()
-def predict(model: nn.Module, batches: Iterable[Batch], spec: TaskSpec, device: torch.device, autocast) -> TaskPredictions:
-    """Run the model over `batches` (eval mode) and return outputs in dataset order."""
-    was_training = model.training
-    model.eval()
+def collect(spec: TaskSpec, outputs: Iterable[tuple[Batch, torch.Tensor]]) -> TaskPredictions:
+    """Task outputs of batches (any order) → TaskPredictions in dataset order (by example_ids)."""
     ids: list[int] = []
-    outputs: list = []
+    rows: list = []
     labels: list = []
-    try:
-        for batch in batches:
-            batch = batch.to(device)
-            with autocast():
-                output = task_output(model, batch)
-            ids.extend(batch.example_ids)
-            if spec.type == "ranking":
-                outputs.extend(_ranking_rows(output, batch))
-            else:
-                outputs.extend(output.float().cpu().numpy())
-            if batch.labels is not None:
-                labels.extend(batch.labels.cpu().numpy())
-    finally:
-        model.train(was_training)
+    for batch, output in outputs:
+        ids.extend(batch.example_ids)
+        if spec.type == "ranking":
+            rows.extend(_ranking_rows(output, batch))
+        else:
+            rows.extend(output.detach().float().cpu().numpy())
+        if batch.labels is not None:
+            labels.extend(batch.labels.cpu().numpy())
     order = np.argsort(np.asarray(ids), kind="stable")
-    ordered = [outputs[i] for i in order]
+    ordered = [rows[i] for i in order]
     gold = np.asarray([labels[i] for i in order]) if len(labels) == len(ids) else None
     if spec.type == "ranking":
         scores, mask = _pad_rows(ordered)
         return TaskPredictions(outputs=scores, mask=mask, labels=gold)
     return TaskPredictions(outputs=np.stack(ordered), mask=None, labels=gold)
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, batches: Iterable[Batch], spec: TaskSpec, device: torch.device, autocast) -> TaskPredictions:
+    """Run the model over `batches` (eval mode) and return outputs in dataset order."""
+    was_training = model.training
+    model.eval()
+
+    def outputs():
+        for batch in batches:
+            batch = batch.to(device)
+            with autocast():
+                yield batch, task_output(model, batch)
+
+    try:
+        return collect(spec, outputs())
+    finally:
+        model.train(was_training)
 
 
 def metrics_of(spec: TaskSpec, predictions: TaskPredictions) -> dict[str, float]:

@@ -1,0 +1,139 @@
+"""Robustness measurement: the attack stays in its ball and beats random noise of the same radius."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtsmart.cli import main
+from mtsmart.data.encoding import collate, encode_split
+from mtsmart.data.readers import read_split
+from mtsmart.data.config import DataConfig
+from mtsmart.divergence import squared_error, symmetric_kl
+from mtsmart.evaluate import EvalSet
+from mtsmart.model import output_fn
+from mtsmart.perturbation import token_mask
+from mtsmart.robustness import measure, per_row, pgd_attack, random_vertex, rows_of_sequences
+from mtsmart.task_spec import load_task_spec
+
+RADII = (1e-3, 1e-2, 5e-2)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on 2 shared cores, 2 OpenMP threads run these tiny models ~5x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def specs():
+    return {name: load_task_spec(name) for name in ("rte", "stsb")}
+
+
+@pytest.fixture(scope="module")
+def batches(specs, data_root, tiny_tokenizer):
+    """One dev batch of 12 examples per task (sentence pairs of different lengths: padding)."""
+    data = DataConfig(root=str(data_root))
+    out = {}
+    for name, spec in specs.items():
+        items = encode_split(spec, read_split(spec, "dev", data)[:12], tiny_tokenizer, 48)
+        out[name] = collate(name, items, tiny_tokenizer.pad_token_id)
+    return out
+
+
+@pytest.fixture
+def model(tiny_model_factory, specs):
+    return tiny_model_factory(specs, seed=3).eval()
+
+
+def smoothness_objective(model, batch):
+    f = output_fn(model, batch)
+    x = model.word_embeddings(batch.input_ids).detach()
+    with torch.no_grad():
+        clean = f(x)
+    div = symmetric_kl if batch.task == "rte" else squared_error
+    return x, (lambda delta: per_row(div, f(x + delta), clean))
+
+
+@pytest.mark.parametrize("task", ["rte", "stsb"])
+def test_per_row_values_average_to_the_batch_divergence(model, batches, task):
+    x, objective = smoothness_objective(model, batches[task])
+    delta = 0.05 * torch.randn_like(x) * token_mask(batches[task].attention_mask, x.dtype)
+    f = output_fn(model, batches[task])
+    div = symmetric_kl if task == "rte" else squared_error
+    with torch.no_grad():
+        torch.testing.assert_close(objective(delta).mean(), div(f(x + delta), f(x)))
+
+
+@pytest.mark.parametrize("task", ["rte", "stsb"])
+@pytest.mark.parametrize("epsilon", RADII)
+def test_attack_stays_in_the_ball_and_beats_random_noise(model, batches, task, epsilon):
+    batch = batches[task]
+    x, objective = smoothness_objective(model, batch)
+    mask = token_mask(batch.attention_mask, x.dtype)
+    generator = torch.Generator().manual_seed(0)
+    delta, values = pgd_attack(objective, x, mask, rows_of_sequences(batch), epsilon, 8, generator)
+    assert delta.abs().max() <= epsilon * (1 + 1e-6)  # ‖δ_token‖∞ ≤ ε
+    assert torch.all(delta * (1 - mask) == 0)  # padding untouched
+    with torch.no_grad():
+        torch.testing.assert_close(objective(delta), values)  # the reported values are δ's
+        random = torch.stack([objective(random_vertex(x, epsilon, mask, generator)) for _ in range(5)]).mean(0)
+    assert values.mean() > 2 * random.mean()
+    assert torch.all(values >= random * 0.999)
+
+
+def test_the_loss_attack_raises_the_task_loss(model, batches):
+    batch = batches["rte"]
+    f = output_fn(model, batch)
+    x = model.word_embeddings(batch.input_ids).detach()
+    mask = token_mask(batch.attention_mask, x.dtype)
+
+    def loss(delta):
+        return per_row(torch.nn.functional.cross_entropy, f(x + delta), batch.labels)
+
+    generator = torch.Generator().manual_seed(1)
+    delta, values = pgd_attack(loss, x, mask, rows_of_sequences(batch), 5e-2, 8, generator)
+    with torch.no_grad():
+        clean = loss(torch.zeros_like(x))
+    assert torch.all(values >= clean)
+    assert values.mean() > clean.mean()
+
+
+def test_measure_reports_every_radius(model, batches, specs):
+    eval_sets = [EvalSet(name, specs[name], [batch]) for name, batch in batches.items()]
+    results = measure(model, eval_sets, radii=(1e-3, 5e-2), steps=4, device=torch.device("cpu"))
+    for name, result in results.items():
+        assert result.examples == 12
+        assert set(result.radii) == {1e-3, 5e-2}
+        for eps, r in result.radii.items():
+            assert r.attack > r.random > 0
+            assert r.attack_delta_max <= eps * (1 + 1e-6)
+        assert result.radii[5e-2].attack > result.radii[1e-3].attack  # a larger ball, a larger worst case
+    assert all(p.requires_grad for p in model.parameters())  # restored after measuring
+
+
+def test_command_writes_robustness_json(tmp_path, data_root, capsys):
+    run = tmp_path / "run"
+    args = ["model.name_or_path=tiny", "model.tiny_hidden_size=32", "data.max_seq_len=48", "train.batch_size=8",
+            f"data.root={data_root}", "tasks=[rte]", "train.max_steps=2", "eval.max_examples=8", f"output_dir={run}"]
+    assert main(["train", *args]) == 0
+    capsys.readouterr()
+    assert main(["robustness", "--run", str(run), "--radii", "1e-3,2e-2", "--attack-steps", "3"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((run / "robustness.json").read_text())
+    assert report["attack_steps"] == 3 and report["norm"] == "inf"
+    rte = report["results"]["rte"]
+    assert rte["examples"] == 8 and set(rte["radii"]) == {"0.001", "0.02"}
+    for eps, r in rte["radii"].items():
+        assert r["attack"] > r["random"] and r["attack_delta_max"] <= float(eps) * (1 + 1e-6)
+        assert set(r["robust"]) == {"accuracy"}
+    assert "ℓs attack" in printed and "rte" in printed
+    with pytest.raises(SystemExit) as exited:  # argparse rejects it: exit status 2
+        main(["robustness", "--run", str(run), "--radii", "-1"])
+    assert exited.value.code == 2
+    assert "give positive numbers" in capsys.readouterr().err
