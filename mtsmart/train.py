@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from mtsmart import checkpoint as ckpt
+from mtsmart import rng
 from mtsmart import distributed
 from mtsmart.adversarial.base import AdversarialContext, build_adversary
 from mtsmart.batch import Batch
@@ -183,6 +184,7 @@ def train_microbatch(
     with autocast():
         embeds = model_core(model).word_embeddings(batch.input_ids)  # x (N, T, H)
         needs_clean = not adversary.replaces_task_loss or bregman.enabled
+        clean_rng = rng.snapshot(embeds.device)  # the clean forward's dropout masks, for SMART to replay
         clean = task_output(model, batch, inputs_embeds=embeds) if needs_clean else None
         task_loss = task_type.loss(clean, batch.labels) if clean is not None else None
         loss = None if adversary.replaces_task_loss else task_loss
@@ -200,6 +202,7 @@ def train_microbatch(
             task_loss=task_loss,
             loss=loss,
             backward=backward,
+            clean_rng=clean_rng,
         )
         result = adversary(context)
     if result.loss is not None:

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from mtsmart.adversarial.config import AdversarialConfig
 from mtsmart.batch import Batch
+from mtsmart.rng import RngSnapshot
 from mtsmart.model import task_output
 from mtsmart.perturbation import unit_norm
 from mtsmart.smart import SmartConfig
@@ -35,6 +36,7 @@ class AdversarialContext:
     task_loss: Optional[Tensor]  # L(x, y) on clean_output
     loss: Optional[Tensor]  # the loop's total loss so far, not yet back-propagated
     backward: Callable[[Tensor], None]  # back-propagates a loss now, with the loop's scaling
+    clean_rng: Optional[RngSnapshot] = None  # random state the clean forward started from (its dropout masks)
 
 
 @dataclass

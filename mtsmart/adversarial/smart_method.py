@@ -16,7 +16,9 @@ class SmartMethod(AdversarialMethod):
     def __call__(self, ctx: AdversarialContext) -> AdversarialResult:
         if ctx.clean_output is None:
             raise ValueError("adversarial.method=smart needs the loop's clean output f(x)")
-        result = self.regularizer(ctx.model, ctx.batch, ctx.embeds, ctx.clean_output, ctx.task_type.name)
+        result = self.regularizer(
+            ctx.model, ctx.batch, ctx.embeds, ctx.clean_output, ctx.task_type.name, clean_rng=ctx.clean_rng
+        )
         return AdversarialResult(
             loss=add(ctx.loss, result.loss),
             adv_loss=float(result.rs),
