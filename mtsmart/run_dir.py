@@ -26,7 +26,7 @@ from mtsmart.config import Config, load_config
 from mtsmart.model import TINY, MultiTaskModel, load_encoder, load_tokenizer, resolve_pretrained_path
 from mtsmart.task_spec import TaskSpec
 from mtsmart.evaluate import EvalSet
-from mtsmart.train import autocast_factory, build_eval_sets, device_of, load_specs
+from mtsmart.train import autocast_factory, build_eval_sets, device_of, load_run_specs, load_specs
 
 
 class RunDirError(ValueError):
@@ -98,7 +98,7 @@ def load_run(
     state = read_state(directory)
     if state["model_name"] != cfg.model.name_or_path:
         raise RunDirError(f"{directory}: checkpoint of model {state['model_name']!r}, {run / 'config.yaml'} says {cfg.model.name_or_path!r}")
-    specs = load_specs(cfg)
+    specs = load_run_specs(run, cfg)
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.tokenizer)
     model = MultiTaskModel(build_encoder(cfg, len(tokenizer)), specs)
     try:

@@ -32,7 +32,7 @@ from mtsmart.data.encoding import encode_split
 from mtsmart.data.loader import TaskLoader, eval_batches, subsample
 from mtsmart.data.readers import read_split
 from mtsmart.evaluate import EvalSet
-from mtsmart.io import atomic_write_json
+from mtsmart.io import atomic_write_json, atomic_write_text
 from mtsmart.logger import MetricLogger
 from mtsmart.model import MultiTaskModel, load_encoder, load_tokenizer, task_output
 from mtsmart.perturbation import token_mask
@@ -215,6 +215,22 @@ def train_microbatch(
     return stats
 
 
+RUN_TASKS_DIR = "tasks"  # copies of the run's task files: evaluation reads these, not today's tasks/
+
+
+def save_task_files(specs: dict[str, TaskSpec], folder: Path) -> None:
+    for name, spec in specs.items():
+        atomic_write_text(folder / f"{name}.yaml", Path(spec.source_file).read_text(encoding="utf-8"))
+
+
+def load_run_specs(run: Path, cfg: Config) -> dict[str, TaskSpec]:
+    """The task definitions a run was trained with (its own copies; older runs: cfg's files)."""
+    folder = run / RUN_TASKS_DIR
+    if not folder.is_dir():
+        return load_specs(cfg)
+    return {p.stem: load_task_spec(str(p)) for p in sorted(folder.glob("*.yaml"))}
+
+
 def model_core(model: nn.Module) -> MultiTaskModel:
     return model.module if hasattr(model, "module") else model
 
@@ -297,6 +313,8 @@ class Trainer:
         if self.resume_from is not None:
             info["resumed_from"] = str(self.resume_from)
         atomic_write_json(self.out / f"run_info{suffix}.json", info)
+        if self.resume_from is None:
+            save_task_files(self.specs, self.out / RUN_TASKS_DIR)
 
     # ----------------------------------------------------------------- checkpoint glue
 
