@@ -161,3 +161,12 @@ def test_resume_with_another_config_is_refused(tmp_path, data_root):
     result = run_mtsmart([*TINY, f"output_dir={out}", "train.resume=auto", "train.lr=5e-4"], data_root)
     assert result.returncode != 0
     assert "train.lr" in result.stderr
+
+
+def test_bf16_autocast_and_grad_accumulation_run(tmp_path, data_root):
+    out = tmp_path / "bf16"
+    ok(run_mtsmart([*TINY, "train.precision=bf16", "train.grad_accum=2", "train.max_steps=3",
+                    f"output_dir={out}"], data_root))
+    results = json.loads((out / "results.json").read_text())
+    assert all(value == value for value in results["final"].values())  # no NaN
+    assert all(v == v for _, v in scalars(out)["train/loss"])
