@@ -94,16 +94,19 @@ def _project_l1(delta: torch.Tensor, radius: torch.Tensor, level: str) -> torch.
     if level == "sentence" and radius.dim() > 0:
         radius = radius.flatten(start_dim=-2)  # (B, 1, 1) -> (B, 1)
     radius = radius.expand(*flat.shape[:-1], 1)
-    magnitude = flat.abs()
+    # The threshold in float64: a float32 cumulative sum over thousands of coordinates drifts
+    # enough to overshoot the radius by ~1e-4 relative when ‖δ‖₁ ≫ radius.
+    magnitude = flat.abs().double()
+    radius = radius.double()
     inside = magnitude.sum(-1, keepdim=True) <= radius
     sorted_mag, _ = magnitude.sort(dim=-1, descending=True)
     cumulative = sorted_mag.cumsum(dim=-1)
-    index = torch.arange(1, flat.shape[-1] + 1, device=flat.device, dtype=flat.dtype)
+    index = torch.arange(1, flat.shape[-1] + 1, device=flat.device, dtype=torch.float64)
     # ρ = the largest j with u_j − (Σ_{r≤j} u_r − z)/j > 0; θ = (Σ_{r≤ρ} u_r − z)/ρ.
     positive = sorted_mag - (cumulative - radius) / index > 0
-    rho = positive.to(flat.dtype).cumsum(-1).argmax(-1, keepdim=True)  # last True position
-    theta = (cumulative.gather(-1, rho) - radius) / (rho + 1).to(flat.dtype)
-    projected = torch.sign(flat) * torch.clamp(magnitude - theta, min=0.0)
+    rho = positive.double().cumsum(-1).argmax(-1, keepdim=True)  # last True position
+    theta = (cumulative.gather(-1, rho) - radius) / (rho + 1).double()
+    projected = (torch.sign(flat) * torch.clamp(magnitude - theta, min=0.0)).to(flat.dtype)
     return torch.where(inside, flat, projected).view(shape)
 
 
