@@ -38,6 +38,7 @@ from mtsmart.model import MultiTaskModel, load_encoder, load_tokenizer, task_out
 from mtsmart.perturbation import token_mask
 from mtsmart.run_info import run_info, seed_everything
 from mtsmart.sampler import TaskSampler
+from mtsmart.smart import SmartRegularizer
 from mtsmart.schedule import linear_warmup_decay
 from mtsmart.task_spec import DEFAULT_TASKS_DIR, TaskSpec, load_task_spec
 from mtsmart.task_types import task_type_of
@@ -167,6 +168,13 @@ class ScalarMeter:
         return {tag: self.sums[tag] / self.counts[tag] for tag in self.sums}
 
 
+def check_divergences(cfg: Config, specs: dict[str, TaskSpec]) -> None:
+    """smart.inner_div / outer_div that do not fit a task type are refused before any loading
+    (the Bregman wrapper checks bregman.divergence when it is built)."""
+    if cfg.adversarial.method == "smart" and cfg.smart.weight > 0:
+        SmartRegularizer(cfg.smart).check_task_types({spec.type for spec in specs.values()})
+
+
 # --------------------------------------------------------------------------- one step
 
 
@@ -252,6 +260,7 @@ class Trainer:
         self.autocast = autocast_factory(cfg.train.precision, self.device)
 
         self.specs = load_specs(cfg)
+        check_divergences(cfg, self.specs)
         self.tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.tokenizer)
         self.loaders = build_train_loaders(cfg, self.specs, self.tokenizer, self.world)
         self.eval_sets = build_eval_sets(cfg, self.specs, self.tokenizer)
