@@ -11,6 +11,10 @@ import torch
 from mtsmart.model import MultiTaskModel, load_encoder, load_tokenizer
 from mtsmart.task_spec import TaskSpec
 
+# Training subprocesses of the tests run tiny models: one intra-op thread each is several times
+# faster than two threads contending for the same two cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # The read-only benchmark data beside the repo (../shared/data), or $MTSMART_DATA.
 DATA_ROOT = Path(os.environ.get("MTSMART_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
