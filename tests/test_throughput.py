@@ -1,0 +1,263 @@
+"""Throughput: the benchmark's smoke run, its arithmetic, and that every speed-up leaves the numbers alone.
+
+Each speed-up mtsmart uses or that docs/performance.md proposes is checked against the slow way
+on a fixed batch: dynamic padding and group_by_length (an example's loss does not depend on its
+padding or its neighbours), sdpa against eager attention, the clean forward shared by the task
+loss and Rs, the teacher's no_grad forward, inference_mode evaluation, and fused AdamW against
+the optimizer mtsmart builds today.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mtsmart.batch import Batch
+from mtsmart.bregman import BregmanConfig, BregmanProximal
+from mtsmart.config import load_config
+from mtsmart.data.encoding import collate, tokenize
+from mtsmart.data.examples import Example
+from mtsmart.divergence import symmetric_kl
+from mtsmart.model import MultiTaskModel, load_encoder, output_fn, task_output
+from mtsmart.perturbation import token_mask
+from mtsmart.smart import SmartConfig, smart_regularizer
+from mtsmart.task_spec import TaskSpec
+from mtsmart.train import build_optimizer
+
+VOCAB_SIZE = 30522  # the borrowed MiniLM WordPiece vocabulary
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "bench_throughput.py"
+SPEC = TaskSpec(name="rte", type="classification", metrics=("accuracy",), labels=("entailment", "not_entailment"))
+PAIRS = [
+    ("A man is playing a guitar on the stage.", "A man plays music."),
+    ("The cat sat.", "A cat is sitting."),
+    ("Cairo is now home to some 15 million people, a burgeoning population.", "Cairo has many people."),
+    ("It rained.", "The ground is dry and the sky has been clear for the whole of the last week."),
+]
+
+
+def load_bench():
+    """scripts/bench_throughput.py as a module (registered first: its dataclasses look it up)."""
+    if "bench_throughput" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("bench_throughput", SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["bench_throughput"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["bench_throughput"]
+
+
+@pytest.fixture
+def batch_items(tiny_tokenizer):
+    examples = [Example(text_a=a, text_b=b, label=i % 2, origin=f"pair {i}") for i, (a, b) in enumerate(PAIRS)]
+    return tokenize(examples, tiny_tokenizer, max_seq_len=32)
+
+
+def eval_model(attn: str = "sdpa", seed: int = 0) -> MultiTaskModel:
+    """A tiny random BERT with the rte head; the same weights for the same seed."""
+    torch.manual_seed(seed)
+    encoder = load_encoder("tiny", VOCAB_SIZE, attn, tiny_hidden_size=32, tiny_layers=2, tiny_heads=2)
+    return MultiTaskModel(encoder, {"rte": SPEC}).eval()  # eval: dropout off, so outputs are deterministic
+
+
+def pad_to(batch: Batch, length: int, pad_id: int) -> Batch:
+    """The same batch padded to `length` (what padding every batch to max_seq_len would give)."""
+    extra = length - batch.input_ids.shape[1]
+    return Batch(
+        task=batch.task,
+        input_ids=F.pad(batch.input_ids, (0, extra), value=pad_id),
+        attention_mask=F.pad(batch.attention_mask, (0, extra), value=0),
+        token_type_ids=F.pad(batch.token_type_ids, (0, extra), value=0),
+        labels=batch.labels,
+    )
+
+
+def per_example_loss(model, batch: Batch) -> torch.Tensor:
+    with torch.no_grad():
+        return F.cross_entropy(task_output(model, batch), batch.labels, reduction="none")
+
+
+# --------------------------------------------------------------------------- existing speed-ups
+
+
+def test_dynamic_padding_gives_the_loss_of_max_length_padding(batch_items, tiny_tokenizer):
+    model = eval_model()
+    dynamic = collate("rte", batch_items, tiny_tokenizer.pad_token_id)  # padded to its longest row only
+    assert dynamic.input_ids.shape[1] < 128
+    full = pad_to(dynamic, 128, tiny_tokenizer.pad_token_id)
+    torch.testing.assert_close(per_example_loss(model, dynamic), per_example_loss(model, full), atol=1e-5, rtol=0)
+
+
+def test_an_examples_loss_does_not_depend_on_its_batch_neighbours(batch_items, tiny_tokenizer):
+    """group_by_length only changes which examples share a batch (so how much they are padded)."""
+    model = eval_model()
+    together = per_example_loss(model, collate("rte", batch_items, tiny_tokenizer.pad_token_id))
+    alone = torch.cat([per_example_loss(model, collate("rte", [item], tiny_tokenizer.pad_token_id)) for item in batch_items])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
+
+
+def test_sdpa_and_eager_attention_give_the_same_loss_and_gradient(batch_items, tiny_tokenizer):
+    sdpa, eager = eval_model("sdpa"), eval_model("eager")
+    eager.load_state_dict(sdpa.state_dict())
+    batch = collate("rte", batch_items, tiny_tokenizer.pad_token_id)  # with padding: the mask path is exercised
+    losses = []
+    for model in (sdpa, eager):
+        loss = F.cross_entropy(task_output(model, batch), batch.labels)
+        loss.backward()
+        losses.append(loss.detach())
+    assert abs(losses[0] - losses[1]) < 1e-5
+    for p, q in zip(sdpa.parameters(), eager.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_the_shared_clean_forward_gives_the_gradient_of_two_separate_ones(batch_items, tiny_tokenizer):
+    """The loop runs f(x) once for the task loss and Rs; a second clean forward for Rs changes nothing."""
+    batch = collate("rte", batch_items, tiny_tokenizer.pad_token_id)
+    cfg = SmartConfig(steps=1, epsilon=1e-3)
+    mask = token_mask(batch.attention_mask, torch.float32)
+    grads = []
+    for shared in (True, False):
+        model = eval_model()
+        forward = output_fn(model, batch)
+        embeds = model.word_embeddings(batch.input_ids)
+        clean = forward(embeds)
+        smart_embeds = embeds if shared else model.word_embeddings(batch.input_ids)
+        smart_clean = clean if shared else forward(smart_embeds)
+        rs = smart_regularizer(forward, smart_embeds, smart_clean, mask, cfg=cfg, inner_div=symmetric_kl,
+                               outer_div=symmetric_kl, generator=torch.Generator().manual_seed(3))
+        (F.cross_entropy(clean, batch.labels) + rs.loss).backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_the_teachers_no_grad_forward_gives_the_gradient_of_a_detached_one(batch_items, tiny_tokenizer):
+    batch = collate("rte", batch_items, tiny_tokenizer.pad_token_id)
+    model = eval_model()
+    bregman = BregmanProximal(torch.optim.SGD(model.parameters(), lr=0.1), model, BregmanConfig(mu=1.0), 10)
+    with torch.no_grad():  # move θ̃ away from θ so the term is not zero
+        for p in bregman.teacher.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    bregman.term(model, batch, task_output(model, batch)).loss.backward()
+    fast = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    target = task_output(bregman.teacher, batch).detach()  # with the autograd machinery on
+    symmetric_kl(task_output(model, batch), target).backward()
+    for a, p in zip(fast, model.parameters()):
+        torch.testing.assert_close(a, p.grad, atol=1e-7, rtol=1e-6)
+
+
+def test_inference_mode_evaluation_gives_the_no_grad_outputs(batch_items, tiny_tokenizer):
+    model = eval_model()
+    batch = collate("rte", batch_items, tiny_tokenizer.pad_token_id)
+    with torch.inference_mode():
+        fast = task_output(model, batch)
+    with torch.no_grad():
+        slow = task_output(model, batch)
+    assert torch.equal(fast, slow)
+
+
+# --------------------------------------------------------------------------- the proposed speed-up
+
+
+def unfused_like(model, cfg) -> torch.optim.AdamW:
+    """mtsmart.train.build_optimizer's groups in torch's per-tensor AdamW (its CPU default before the patch)."""
+    groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in build_optimizer(model, cfg).param_groups]
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, eps=cfg.train.adam_eps, foreach=False, fused=False)
+
+
+def test_fused_adamw_takes_the_steps_of_the_optimizer_mtsmart_builds(batch_items, tiny_tokenizer):
+    """Same groups and hyper-parameters; after 3 steps the weights agree to float rounding."""
+    bench = load_bench()
+    cfg = load_config(None, ["train.lr=1e-3", "train.weight_decay=0.1"])
+    batch = collate("rte", batch_items, tiny_tokenizer.pad_token_id)
+    models = [eval_model(), eval_model()]
+    initial = [p.clone() for p in models[0].parameters()]
+    fused = bench.fused_optimizer(models[1], cfg)
+    assert fused.defaults["fused"]
+    for built, fused_group in zip(build_optimizer(models[1], cfg).param_groups, fused.param_groups):
+        assert [id(p) for p in built["params"]] == [id(p) for p in fused_group["params"]]
+        for key in ("lr", "eps", "weight_decay", "betas"):
+            assert built[key] == fused_group[key]
+    optimizers = [unfused_like(models[0], cfg), fused]
+    for _ in range(3):
+        for model, optimizer in zip(models, optimizers):
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(task_output(model, batch), batch.labels).backward()
+            optimizer.step()
+    for p, q in zip(*(m.parameters() for m in models)):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
+    assert all(not torch.equal(p, q) for p, q in zip(initial, models[0].parameters()) if p.dim() >= 2)  # it trained
+
+
+def test_a_checkpoint_of_the_unfused_optimizer_resumes_into_the_fused_one(batch_items, tiny_tokenizer):
+    """The patch must not break resuming runs saved before it: same state_dict layout, same next step.
+
+    (torch restores each group's flags from the checkpoint, so such a resumed run steps unfused.)"""
+    bench = load_bench()
+    cfg = load_config(None, ["train.lr=1e-3"])
+    batch = collate("rte", batch_items, tiny_tokenizer.pad_token_id)
+    models = [eval_model(), eval_model()]
+    before = unfused_like(models[0], cfg)
+    F.cross_entropy(task_output(models[0], batch), batch.labels).backward()
+    before.step()
+    models[1].load_state_dict(models[0].state_dict())
+    after = bench.fused_optimizer(models[1], cfg)
+    # A copy, as from disk: a live state_dict shares its moment tensors with `before`.
+    after.load_state_dict(copy.deepcopy(before.state_dict()))
+    for model, optimizer in zip(models, (before, after)):  # one more step on each side
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(task_output(model, batch), batch.labels).backward()
+        optimizer.step()
+    for p, q in zip(*(m.parameters() for m in models)):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- the benchmark itself
+
+
+def test_step_clock_times_only_the_steps_after_the_warm_up():
+    bench = load_bench()
+    clock = bench.StepClock(warmup=2)
+    for n, (length, end) in enumerate([(10, 1.0), (20, 3.0), (30, 4.0), (40, 6.5), (50, 7.5)]):
+        clock.batch(torch.zeros(n + 1, length, dtype=torch.long))
+        clock.ends.append(end)
+        clock.cpu_ends.append(end / 2)  # a process that had half the core
+    m = clock.measurement()
+    # steps 3..5: 3 + 4 + 5 examples, 3·30 + 4·40 + 5·50 tokens, from t = 3.0 to 7.5 (CPU 1.5 to 3.75)
+    assert (m.steps, m.examples, m.tokens, m.wall_seconds, m.cpu_seconds) == (3, 12, 500, 4.5, 2.25)
+    assert bench.CLOCK["cpu"] and m.seconds == 2.25  # CPU time unless --wall
+    assert m.examples_per_s == pytest.approx(12 / 2.25) and m.wall_examples_per_s == pytest.approx(12 / 4.5)
+    assert m.seconds_per_step == pytest.approx(0.75) and m.tokens_per_example == pytest.approx(500 / 12)
+
+
+def test_bench_quick_runs_and_prints_every_figure(data_root, tmp_path):
+    """--quick on the first rows of RTE (copied to tmp_path, never into the repo)."""
+    rte = tmp_path / "glue" / "RTE"
+    rte.mkdir(parents=True)
+    for split, rows in (("train", 25), ("dev", 5)):
+        lines = (data_root / "glue" / "RTE" / f"{split}.tsv").read_text(encoding="utf-8").splitlines()[: rows + 1]
+        (rte / f"{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    out = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--data", str(tmp_path)], capture_output=True,
+                         text=True, env=env, cwd=REPO, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    bench = load_bench()
+    has_trainer, has_smart = bench.peers_available()
+    expected = ["mtsmart plain", "mtsmart plain, random batches", "mtsmart SMART", "mtsmart full SMART",
+                "mtsmart plain / mtsmart full SMART", "target <= 3.2", "against shape", "2 x 32"]
+    if has_trainer:
+        expected += ["Trainer, group_by_length", "mtsmart plain / Trainer"]
+    if has_trainer and has_smart:
+        expected += ["mtsmart SMART / Trainer + SMARTLoss"]
+    for text in expected:
+        assert text in out.stdout, f"{text!r} missing from:\n{out.stdout}"
+    medians = out.stdout.split("medians over rounds")[1].split("ratios")[0]
+    rates = [float(line.split()[-6]) for line in medians.strip().splitlines()[2:]]  # after the two header lines
+    assert len(rates) >= 4 and all(r > 0 for r in rates)
