@@ -2,12 +2,14 @@
 
     python scripts/bench_throughput.py            # packaged MiniLM, GLUE RTE train set (about 15 min)
     python scripts/bench_throughput.py --quick    # tiny random BERT, a few steps: the test's smoke run
+    python scripts/bench_throughput.py --unfused-adamw   # adds mtsmart with torch's per-tensor AdamW
 
 Every contender trains the same encoder on the same RTE training set ($MTSMART_DATA, default
 ../shared/data) with the same max length, batch size, learning rate, warm-up, seed and number of
 steps:
 
-  mtsmart ...             mtsmart.train.Trainer(cfg).fit(), the real loop, via load_config(None, overrides)
+  mtsmart ...             mtsmart.train.Trainer(cfg).fit(), the real loop, via load_config(None, overrides),
+                          with mtsmart's own optimizer (build_optimizer: fused AdamW)
   Trainer ...             transformers.Trainer, AutoModelForSequenceClassification (num_labels=2),
                           DataCollatorWithPadding (dynamic padding), default optimizer (fused AdamW)
   Trainer + SMARTLoss     the same, with smart-pytorch 0.0.4's SMARTLoss added in compute_loss as its
@@ -24,6 +26,10 @@ figures are printed beside it). Each round runs every contender once, in
 turn, with the round's seed, so a change in machine load hits all of them alike; medians over the
 rounds are reported. Dynamic padding makes the cost of a step depend on the lengths in its batch,
 so padded tokens per example and tokens/s are printed beside examples/s.
+
+--unfused-adamw adds mtsmart plain and full SMART with the same AdamW groups in torch's per-tensor
+loop (fused=False, foreach=False: build_optimizer before fused=True), interleaved with the
+others, and the ratios that give what fusing alone is worth.
 
 The second part times fixed full-length batches (no padding) through mtsmart's own step
 (train_microbatch + clipping + AdamW) against sequence length and batch size.
@@ -150,13 +156,16 @@ class Measurement:
 
 
 class TimedTrainer(Trainer):
-    """mtsmart's Trainer with a clock on every optimizer step, its evaluation and checkpoints cut out."""
+    """mtsmart's Trainer with a clock on every optimizer step, its evaluation and checkpoints cut out.
 
-    def __init__(self, cfg: Config, clock: StepClock, fused_adamw: bool = False):
+    unfused_adamw: swap build_optimizer's fused AdamW for `unfused(...)` (the LR schedule sets the
+    learning rate on `bregman.optimizer` each step, so it drives the swapped-in one)."""
+
+    def __init__(self, cfg: Config, clock: StepClock, unfused_adamw: bool = False):
         super().__init__(cfg)
         self.clock = clock
-        if fused_adamw:  # the proposed patch of mtsmart.train.build_optimizer (docs/performance.md)
-            self.bregman.optimizer = fused_optimizer(self.model, cfg)
+        if unfused_adamw:
+            self.bregman.optimizer = unfused(self.bregman.optimizer)
         for loader in self.loaders.values():
             loader.next_batch = self._counted(loader.next_batch)
 
@@ -181,13 +190,12 @@ class TimedTrainer(Trainer):
         pass  # not training either
 
 
-def fused_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.AdamW:
-    """mtsmart.train.build_optimizer with fused=True: one kernel per step instead of a Python loop
-    over the parameters (torch defaults to that loop, `_single_tensor_adam`, for CPU tensors)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.train.lr, eps=cfg.train.adam_eps, fused=True)
+def unfused(optimizer: torch.optim.AdamW) -> torch.optim.AdamW:
+    """The same parameter groups and hyper-parameters in torch's per-tensor Python loop
+    (`_single_tensor_adam`, its CPU default): mtsmart.train.build_optimizer before fused=True."""
+    groups = [{"params": group["params"], "weight_decay": group["weight_decay"]} for group in optimizer.param_groups]
+    d = optimizer.defaults
+    return torch.optim.AdamW(groups, lr=d["lr"], betas=d["betas"], eps=d["eps"], fused=False, foreach=False)
 
 
 def mtsmart_overrides(setting: Setting, seed: int, out: Path) -> list[str]:
@@ -210,11 +218,11 @@ def mtsmart_overrides(setting: Setting, seed: int, out: Path) -> list[str]:
     return overrides
 
 
-def run_mtsmart(setting: Setting, seed: int, extra: list[str], fused_adamw: bool = False) -> Measurement:
+def run_mtsmart(setting: Setting, seed: int, extra: list[str], unfused_adamw: bool = False) -> Measurement:
     with tempfile.TemporaryDirectory(prefix="bench_throughput_") as tmp:
         cfg = load_config(None, mtsmart_overrides(setting, seed, Path(tmp) / "run") + extra)
         clock = StepClock(setting.warmup)
-        TimedTrainer(cfg, clock, fused_adamw).fit()
+        TimedTrainer(cfg, clock, unfused_adamw).fit()
         return clock.measurement()
 
 
@@ -360,14 +368,12 @@ class Contender:
 SAMPLERS = ("mtsmart grouped", "mtsmart random", "Trainer random", "Trainer grouped")
 
 
-def contenders(setting: Setting, like_for_like: bool) -> dict[str, Contender]:
+def contenders(setting: Setting, like_for_like: bool, unfused_adamw: bool) -> dict[str, Contender]:
     """name → Contender. mtsmart rows use group_by_length (as scripts/configs/quickstart.yaml)."""
     runs = {
         "mtsmart plain": Contender(lambda seed: run_mtsmart(setting, seed, PLAIN + GROUPED), "mtsmart grouped"),
         "mtsmart plain, random batches": Contender(lambda seed: run_mtsmart(setting, seed, PLAIN + RANDOM),
                                                    "mtsmart random"),
-        "mtsmart plain, fused AdamW (proposed)": Contender(
-            lambda seed: run_mtsmart(setting, seed, PLAIN + GROUPED, True), "mtsmart grouped"),
     }
     has_trainer, has_smart = peers_available()
     tokenizer = dataset = None
@@ -390,9 +396,11 @@ def contenders(setting: Setting, like_for_like: bool) -> dict[str, Contender]:
             runs["Trainer + SMARTLoss, group_by_length"] = Contender(
                 lambda seed: run_hf(setting, seed, True, True, tokenizer, dataset), "Trainer grouped")
     runs["mtsmart full SMART"] = Contender(lambda seed: run_mtsmart(setting, seed, FULL + GROUPED), "mtsmart grouped")
-    if like_for_like:
-        runs["mtsmart full SMART, fused AdamW (proposed)"] = Contender(
-            lambda seed: run_mtsmart(setting, seed, FULL + GROUPED, True), "mtsmart grouped")
+    if unfused_adamw:
+        runs["mtsmart plain, unfused AdamW"] = Contender(
+            lambda seed: run_mtsmart(setting, seed, PLAIN + GROUPED, unfused_adamw=True), "mtsmart grouped")
+        runs["mtsmart full SMART, unfused AdamW"] = Contender(
+            lambda seed: run_mtsmart(setting, seed, FULL + GROUPED, unfused_adamw=True), "mtsmart grouped")
     return runs
 
 
@@ -413,16 +421,15 @@ def median_of(ms: list[Measurement], key: str) -> float:
 
 RATIOS = (  # (faster, slower, note): examples/s of the first over the second
     ("mtsmart plain", "Trainer", "target >= 1.2"),
-    ("mtsmart plain, fused AdamW (proposed)", "Trainer", "with the proposed patch"),
     ("mtsmart plain, random batches", "Trainer", "like for like: both random batches"),
     ("mtsmart plain", "Trainer, group_by_length", "like for like: both grouped"),
-    ("mtsmart plain, fused AdamW (proposed)", "mtsmart plain", "the patch alone"),
     ("mtsmart SMART", "Trainer + SMARTLoss", "target >= 1.2"),
     ("mtsmart SMART, random batches", "Trainer + SMARTLoss", "like for like: both random batches"),
     ("mtsmart SMART", "Trainer + SMARTLoss, group_by_length", "like for like: both grouped"),
     ("mtsmart plain", "mtsmart SMART", "= SMART step time / plain step time"),
     ("mtsmart plain", "mtsmart full SMART", "= full SMART step time / plain step time, target <= 3.2"),
-    ("mtsmart plain, fused AdamW (proposed)", "mtsmart full SMART, fused AdamW (proposed)", "the same, both patched"),
+    ("mtsmart plain", "mtsmart plain, unfused AdamW", "fused AdamW alone"),
+    ("mtsmart full SMART", "mtsmart full SMART, unfused AdamW", "fused AdamW alone"),
 )
 
 
@@ -549,7 +556,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=42, help="round r uses seed + r")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (1: see docs/performance.md)")
     parser.add_argument("--like-for-like", action="store_true",
-                        help="also SMART with random batches / group_by_length on both sides, and full SMART fused")
+                        help="also SMART with random batches / group_by_length on both sides")
+    parser.add_argument("--unfused-adamw", action="store_true", help="also mtsmart plain and full SMART with torch's "
+                        "per-tensor AdamW (build_optimizer before fused=True): what fusing is worth")
     parser.add_argument("--wall", action="store_true", help="time by wall clock instead of CPU time (needs --threads 1 "
                         "for CPU time to be meaningful; use it on an idle machine with more threads)")
     parser.add_argument("--skip-scaling", action="store_true", help="skip part 2 (step time against shape)")
@@ -581,7 +590,7 @@ def main() -> None:
     if not has_smart:
         print("smart-pytorch not importable (pip install --no-deps smart-pytorch==0.0.4): its rows are skipped")
     started = time.perf_counter()
-    runs = contenders(setting, args.like_for_like)
+    runs = contenders(setting, args.like_for_like, args.unfused_adamw)
     print(f"\npart 1: {len(runs)} contenders × {args.rounds} rounds, {setting.steps - setting.warmup} timed steps each")
     results = run_rounds(runs, args.rounds, args.seed)
     report_contenders(results, runs, epoch_padding(setting))

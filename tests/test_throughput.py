@@ -1,10 +1,9 @@
 """Throughput: the benchmark's smoke run, its arithmetic, and that every speed-up leaves the numbers alone.
 
-Each speed-up mtsmart uses or that docs/performance.md proposes is checked against the slow way
-on a fixed batch: dynamic padding and group_by_length (an example's loss does not depend on its
-padding or its neighbours), sdpa against eager attention, the clean forward shared by the task
-loss and Rs, the teacher's no_grad forward, inference_mode evaluation, and fused AdamW against
-the optimizer mtsmart builds today.
+Each speed-up mtsmart uses is checked against the slow way on a fixed batch: dynamic padding and
+group_by_length (an example's loss does not depend on its padding or its neighbours), sdpa against
+eager attention, the clean forward shared by the task loss and Rs, the teacher's no_grad forward,
+inference_mode evaluation, and build_optimizer's fused AdamW against torch's per-tensor AdamW.
 """
 from __future__ import annotations
 
@@ -163,29 +162,42 @@ def test_inference_mode_evaluation_gives_the_no_grad_outputs(batch_items, tiny_t
     assert torch.equal(fast, slow)
 
 
-# --------------------------------------------------------------------------- the proposed speed-up
+# --------------------------------------------------------------------------- fused AdamW
 
 
-def unfused_like(model, cfg) -> torch.optim.AdamW:
-    """mtsmart.train.build_optimizer's groups in torch's per-tensor AdamW (its CPU default before the patch)."""
-    groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in build_optimizer(model, cfg).param_groups]
+def per_tensor_adamw(model, cfg) -> torch.optim.AdamW:
+    """The reference: AdamW written out from the config, decay on matrices only, in torch's per-tensor
+    Python loop (its CPU default, and build_optimizer before fused=True)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.train.lr, eps=cfg.train.adam_eps, foreach=False, fused=False)
 
 
-def test_fused_adamw_takes_the_steps_of_the_optimizer_mtsmart_builds(batch_items, tiny_tokenizer):
-    """Same groups and hyper-parameters; after 3 steps the weights agree to float rounding."""
-    bench = load_bench()
+def assert_same_groups(a: torch.optim.AdamW, b: torch.optim.AdamW) -> None:
+    assert len(a.param_groups) == len(b.param_groups)
+    for group_a, group_b in zip(a.param_groups, b.param_groups):
+        assert [id(p) for p in group_a["params"]] == [id(p) for p in group_b["params"]]
+        for key in ("lr", "eps", "weight_decay", "betas", "amsgrad", "maximize"):
+            assert group_a[key] == group_b[key], key
+
+
+def test_build_optimizer_is_fused_adamw_with_the_reference_groups():
+    cfg = load_config(None, ["train.lr=1e-3", "train.weight_decay=0.1"])
+    model = eval_model()
+    built = build_optimizer(model, cfg)
+    assert isinstance(built, torch.optim.AdamW) and all(group["fused"] for group in built.param_groups)
+    assert_same_groups(built, per_tensor_adamw(model, cfg))
+    assert [g["weight_decay"] for g in built.param_groups] == [0.1, 0.0]
+
+
+def test_build_optimizer_takes_the_steps_of_per_tensor_adamw(batch_items, tiny_tokenizer):
+    """After 3 steps the weights agree to float rounding."""
     cfg = load_config(None, ["train.lr=1e-3", "train.weight_decay=0.1"])
     batch = collate("rte", batch_items, tiny_tokenizer.pad_token_id)
     models = [eval_model(), eval_model()]
     initial = [p.clone() for p in models[0].parameters()]
-    fused = bench.fused_optimizer(models[1], cfg)
-    assert fused.defaults["fused"]
-    for built, fused_group in zip(build_optimizer(models[1], cfg).param_groups, fused.param_groups):
-        assert [id(p) for p in built["params"]] == [id(p) for p in fused_group["params"]]
-        for key in ("lr", "eps", "weight_decay", "betas"):
-            assert built[key] == fused_group[key]
-    optimizers = [unfused_like(models[0], cfg), fused]
+    optimizers = [per_tensor_adamw(models[0], cfg), build_optimizer(models[1], cfg)]
     for _ in range(3):
         for model, optimizer in zip(models, optimizers):
             optimizer.zero_grad(set_to_none=True)
@@ -196,19 +208,18 @@ def test_fused_adamw_takes_the_steps_of_the_optimizer_mtsmart_builds(batch_items
     assert all(not torch.equal(p, q) for p, q in zip(initial, models[0].parameters()) if p.dim() >= 2)  # it trained
 
 
-def test_a_checkpoint_of_the_unfused_optimizer_resumes_into_the_fused_one(batch_items, tiny_tokenizer):
-    """The patch must not break resuming runs saved before it: same state_dict layout, same next step.
+def test_a_checkpoint_of_the_unfused_optimizer_resumes_into_build_optimizer(batch_items, tiny_tokenizer):
+    """Runs saved before build_optimizer was fused still resume: same state_dict layout, same next step.
 
     (torch restores each group's flags from the checkpoint, so such a resumed run steps unfused.)"""
-    bench = load_bench()
     cfg = load_config(None, ["train.lr=1e-3"])
     batch = collate("rte", batch_items, tiny_tokenizer.pad_token_id)
     models = [eval_model(), eval_model()]
-    before = unfused_like(models[0], cfg)
+    before = per_tensor_adamw(models[0], cfg)
     F.cross_entropy(task_output(models[0], batch), batch.labels).backward()
     before.step()
     models[1].load_state_dict(models[0].state_dict())
-    after = bench.fused_optimizer(models[1], cfg)
+    after = build_optimizer(models[1], cfg)
     # A copy, as from disk: a live state_dict shares its moment tensors with `before`.
     after.load_state_dict(copy.deepcopy(before.state_dict()))
     for model, optimizer in zip(models, (before, after)):  # one more step on each side
@@ -217,6 +228,15 @@ def test_a_checkpoint_of_the_unfused_optimizer_resumes_into_the_fused_one(batch_
         optimizer.step()
     for p, q in zip(*(m.parameters() for m in models)):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
+
+
+def test_the_benchmarks_unfused_adamw_is_build_optimizer_unfused():
+    """--unfused-adamw swaps in the reference: build_optimizer's groups, per-tensor loop."""
+    cfg = load_config(None, ["train.lr=1e-3", "train.weight_decay=0.1", "train.adam_eps=1e-7"])
+    model = eval_model()
+    swapped = load_bench().unfused(build_optimizer(model, cfg))
+    assert all(not group["fused"] and group["foreach"] is False for group in swapped.param_groups)
+    assert_same_groups(swapped, per_tensor_adamw(model, cfg))
 
 
 # --------------------------------------------------------------------------- the benchmark itself
@@ -245,13 +265,15 @@ def test_bench_quick_runs_and_prints_every_figure(data_root, tmp_path):
         lines = (data_root / "glue" / "RTE" / f"{split}.tsv").read_text(encoding="utf-8").splitlines()[: rows + 1]
         (rte / f"{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    out = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--data", str(tmp_path)], capture_output=True,
-                         text=True, env=env, cwd=REPO, timeout=300)
+    command = [sys.executable, str(SCRIPT), "--quick", "--unfused-adamw", "--data", str(tmp_path)]
+    out = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     bench = load_bench()
     has_trainer, has_smart = bench.peers_available()
     expected = ["mtsmart plain", "mtsmart plain, random batches", "mtsmart SMART", "mtsmart full SMART",
-                "mtsmart plain / mtsmart full SMART", "target <= 3.2", "against shape", "2 x 32"]
+                "mtsmart plain / mtsmart full SMART", "target <= 3.2", "against shape", "2 x 32",
+                "mtsmart plain / mtsmart plain, unfused AdamW",
+                "mtsmart full SMART / mtsmart full SMART, unfused AdamW"]
     if has_trainer:
         expected += ["Trainer, group_by_length", "mtsmart plain / Trainer"]
     if has_trainer and has_smart:
@@ -260,4 +282,5 @@ def test_bench_quick_runs_and_prints_every_figure(data_root, tmp_path):
         assert text in out.stdout, f"{text!r} missing from:\n{out.stdout}"
     medians = out.stdout.split("medians over rounds")[1].split("ratios")[0]
     rates = [float(line.split()[-6]) for line in medians.strip().splitlines()[2:]]  # after the two header lines
-    assert len(rates) >= 4 and all(r > 0 for r in rates)
+    assert len(rates) >= 6 and all(r > 0 for r in rates)
+    assert "proposed" not in out.stdout
