@@ -1,12 +1,22 @@
-"""Time one optimizer step of plain fine-tuning and of SMART, against SMART's op-count floor.
+"""Time one optimizer step of plain fine-tuning, SMART and every adversarial method.
 
     python scripts/bench_step.py              # packaged MiniLM, batch 16 × 128 tokens, CPU, 2 threads
     python scripts/bench_step.py --quick      # tiny random BERT: a smoke run of the script
+    python scripts/bench_step.py --only methods --methods fgm,pgd-k3   # a subset of the methods
 
 A step = forward + losses + backward + AdamW step, on one fixed batch, in one process. Every
 variant gets --warmup untimed runs, then --repeats rounds time each variant once in turn
 (interleaved, so a change in machine load hits all variants alike); the median and the
-minimum are reported.
+minimum are reported, with the load average before and after.
+
+Two suites, timed in the same interleaved rounds unless --only picks one:
+
+- smart: plain fine-tuning and SMART K=1/K=2 against SMART's op-count floor (below) and
+  smart-pytorch's SMARTLoss;
+- methods: each method of mtsmart.adversarial (--methods, default all) and plain fine-tuning
+  (method none), each step through the training loop's own `train_microbatch` with
+  `build_adversary(AdversarialConfig(method=...), SmartConfig())`, a BregmanProximal with
+  mu = 0 and AdamW; reported as time and ratio to plain, beside the passes each method makes.
 
 The floor of SMART with K ascent steps, from measured units (docs/performance.md explains it):
 
@@ -24,6 +34,8 @@ The floor of SMART with K ascent steps, from measured units (docs/performance.md
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import statistics
 import sys
 import time
@@ -35,16 +47,39 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
 
+from mtsmart.adversarial.base import build_adversary  # noqa: E402
+from mtsmart.adversarial.config import AdversarialConfig  # noqa: E402
 from mtsmart.batch import Batch  # noqa: E402
+from mtsmart.bregman import BregmanConfig, BregmanProximal  # noqa: E402
 from mtsmart.divergence import symmetric_kl  # noqa: E402
 from mtsmart.model import MultiTaskModel, load_encoder, load_tokenizer, output_fn, task_output  # noqa: E402
 from mtsmart.perturbation import token_mask  # noqa: E402
 from mtsmart.rng import snapshot  # noqa: E402
 from mtsmart.smart import SmartConfig, SmartRegularizer  # noqa: E402
 from mtsmart.task_spec import TaskSpec  # noqa: E402
+from mtsmart.train import train_microbatch  # noqa: E402
 
 TASK = "bench"
 SPEC = TaskSpec(name=TASK, type="classification", metrics=("accuracy",), labels=("a", "b", "c"))
+
+# The methods suite: name → (adversarial.* options, the passes one step makes). Passes are counted
+# over the whole encoder: F = forward, Bx = input-only backward (to x, δ or W; no weight-gradient
+# GEMMs), Bθ = backward into every parameter. Bθ runs once per graph the final loss goes through.
+METHODS: dict[str, tuple[dict, str]] = {
+    "none": ({"method": "none"}, "1 F + 1 Bθ"),
+    "fgsm": ({"method": "fgsm"}, "2 F + 1 Bx + 2 Bθ"),
+    "fgm": ({"method": "fgm"}, "2 F + 1 Bx + 2 Bθ"),
+    "pgd-k1": ({"method": "pgd", "steps": 1}, "2 F + 1 Bx + 2 Bθ"),  # = FGM: r_1 from the clean gradient
+    "pgd-k3": ({"method": "pgd", "steps": 3}, "4 F + 3 Bx + 2 Bθ"),
+    "freelb-k1": ({"method": "freelb", "steps": 1}, "1 F + 1 Bθ"),  # no clean forward; δ's gradient comes free
+    "freelb-k3": ({"method": "freelb", "steps": 3}, "3 F + 3 Bθ"),
+    "gradient_penalty": (  # math attention kernel; the final backward also runs through the Bx graph
+        {"method": "gradient_penalty"}, "1 F + 1 Bx (create_graph) + 1 double backward"),
+    "r3f": ({"method": "r3f"}, "2 F + 2 Bθ"),
+    "smart-k1": ({"method": "smart"}, "3 F + 1 Bx + 2 Bθ"),  # SmartConfig(): K = 1
+    "fgm-matrix": ({"method": "fgm", "scope": "matrix"}, "2 F + 2 Bθ"),  # ∇_W read in the clean backward
+    "pgd-k3-matrix": ({"method": "pgd", "scope": "matrix", "steps": 3}, "4 F + 2 Bx + 2 Bθ"),
+}
 
 
 def parse_args() -> argparse.Namespace:
@@ -54,10 +89,20 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default 2; 1 with --quick)")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=7, help="timed rounds (>= 5)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed rounds (>= 3)")
+    parser.add_argument("--only", choices=("smart", "methods"), default=None,
+                        help="time one suite only (default: both, in the same interleaved rounds)")
+    parser.add_argument("--methods", default="all",
+                        help=f"comma-separated methods of the methods suite, or all: {','.join(METHODS)}")
     args = parser.parse_args()
-    if args.repeats < 5:
-        parser.error("--repeats must be >= 5")
+    if args.repeats < 3:
+        parser.error("--repeats must be >= 3 (the median of fewer rounds is one disturbed run)")
+    if args.warmup < 1:
+        parser.error("--warmup must be >= 1 (the first step allocates AdamW's moments)")
+    args.methods = list(METHODS) if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        parser.error(f"--methods: unknown {unknown}; choose from all or {','.join(METHODS)}")
     if args.quick:
         args.batch_size, args.seq_len, args.repeats = 4, 16, 5
     if args.threads is None:
@@ -169,6 +214,27 @@ def fwd_bwd_params(model, batch) -> Callable[[], None]:
     return unit
 
 
+# --------------------------------------------------------------------------- every adversarial method
+
+
+def method_step(model, batch, optimizer, method: str) -> Callable[[], None]:
+    """One optimizer step of `method` exactly as the trainer takes it (one micro-batch, fp32)."""
+    adversary = build_adversary(AdversarialConfig(**METHODS[method][0]), SmartConfig())
+    # mu = 0: no teacher, no Bregman term; the wrapper only steps the shared AdamW.
+    bregman = BregmanProximal(optimizer, model, BregmanConfig(mu=0.0), total_updates=1)
+
+    def step() -> None:
+        bregman.zero_grad()  # the smart suite's variants leave their gradients behind
+        train_microbatch(model, batch, adversary, bregman, lambda loss: loss.backward(), contextlib.nullcontext)
+        bregman.step()
+
+    return step
+
+
+def method_variant(method: str) -> str:
+    return f"method {method}"
+
+
 # --------------------------------------------------------------------------- timing
 
 
@@ -178,11 +244,12 @@ def timed(variants: dict[str, Callable[[], None]], warmup: int, repeats: int) ->
         for _ in range(warmup):
             run()
     samples: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(repeats):
+    for round_ in range(repeats):
         for name, run in variants.items():
             start = time.perf_counter()
             run()
             samples[name].append(time.perf_counter() - start)
+        print(f"round {round_ + 1}/{repeats} done, load average {load_average()}", flush=True)
     return samples
 
 
@@ -200,11 +267,24 @@ def report(times: dict[str, float], has_peer: bool, label: str) -> None:
     print(f"  ratio SMART K=1 / plain: {times['SMART K=1'] / times['plain fine-tuning']:.3f}")
 
 
-def main() -> None:
-    args = parse_args()
-    torch.set_num_threads(args.threads)
-    model, batch = build(args)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+def report_methods(samples: dict[str, list[float]], methods: list[str]) -> None:
+    """Median and minimum of each method, the ratio of medians to plain, and the range of the
+    per-round ratios (a method's time over plain's in the same round: how noisy the ratio is)."""
+    plain = samples[method_variant("none")]
+    print("methods through train_microbatch (ms; ratio = median / plain's median; rounds = per-round ratios):")
+    print(f"  {'method':16s} {'median':>8s} {'minimum':>8s} {'ratio':>6s} {'rounds':>11s}   passes")
+    for method in methods:
+        times = samples[method_variant(method)]
+        rounds = [t / p for t, p in zip(times, plain)]
+        print(f"  {method:16s} {statistics.median(times) * 1000:8.0f} {min(times) * 1000:8.0f} "
+              f"{statistics.median(times) / statistics.median(plain):6.2f} {min(rounds):5.2f}–{max(rounds):<5.2f}   "
+              f"{METHODS[method][1]}")
+    print("  raw seconds per round: " + "; ".join(
+        f"{method} " + ",".join(f"{t:.3f}" for t in samples[method_variant(method)]) for method in methods))
+
+
+def smart_suite(model, batch, optimizer) -> tuple[dict[str, Callable[[], None]], bool]:
+    """The smart suite's variants, and whether smart-pytorch's peer is among them."""
     variants = {
         "plain fine-tuning": make_step(model, batch, optimizer, None),
         "SMART K=1": make_step(model, batch, optimizer, mtsmart_term(model, batch, 1)),
@@ -219,14 +299,43 @@ def main() -> None:
     else:
         variants["smart-pytorch 0.0.4 K=1"] = make_step(model, batch, optimizer, peer)
         variants["smart-pytorch 0.0.4 K=2"] = make_step(model, batch, optimizer, peer_term(model, batch, 2))
+    return variants, peer is not None
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    model, batch = build(args)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    variants: dict[str, Callable[[], None]] = {}
+    smart_names: list[str] = []
+    has_peer = False
+    if args.only in (None, "smart"):
+        smart_variants, has_peer = smart_suite(model, batch, optimizer)
+        variants.update(smart_variants)
+        smart_names = list(smart_variants)
+    # Plain fine-tuning (method none) is the methods' denominator: always timed with them.
+    methods = ["none"] + [m for m in args.methods if m != "none"]
+    if args.only in (None, "methods"):
+        variants.update({method_variant(m): method_step(model, batch, optimizer, m) for m in methods})
 
     model_name = "tiny random BERT" if args.quick else "packaged MiniLM (all-MiniLM-L6-v2)"
     print(f"{model_name}, batch {args.batch_size} x {args.seq_len}, CPU, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, median of {args.repeats} interleaved rounds after {args.warmup} warm-ups")
+    print(f"load average (1, 5, 15 min) before: {load_average()}")
+    start = time.perf_counter()
     samples = timed(variants, args.warmup, args.repeats)
-    report({name: statistics.median(v) for name, v in samples.items()}, peer is not None, "median")
-    # The minimum is the least disturbed run: other processes only ever add time.
-    report({name: min(v) for name, v in samples.items()}, peer is not None, "minimum")
+    print(f"load average (1, 5, 15 min) after: {load_average()}; timing took {time.perf_counter() - start:.0f} s")
+    if args.only in (None, "smart"):
+        # The minimum is the least disturbed run: other processes only ever add time.
+        for label, statistic in (("median", statistics.median), ("minimum", min)):
+            report({name: statistic(samples[name]) for name in smart_names}, has_peer, label)
+    if args.only in (None, "methods"):
+        report_methods(samples, methods)
 
 if __name__ == "__main__":
     main()
