@@ -23,7 +23,7 @@ Results of several evaluations share one dict under keys "<eval name>/<metric>",
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import scipy.stats

@@ -26,7 +26,7 @@ from mtsmart.config import Config, load_config
 from mtsmart.model import TINY, MultiTaskModel, load_encoder, load_tokenizer, resolve_pretrained_path
 from mtsmart.task_spec import TaskSpec
 from mtsmart.evaluate import EvalSet
-from mtsmart.train import autocast_factory, build_eval_sets, device_of, load_run_specs, load_specs
+from mtsmart.train import autocast_factory, build_eval_sets, device_of, load_run_specs
 
 
 class RunDirError(ValueError):

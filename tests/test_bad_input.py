@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from mtsmart import checkpoint as ckpt
 from mtsmart.cli import main

@@ -23,15 +23,6 @@ SPECS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The models are tiny: extra intra-op threads only spin, and on a busy 2-core machine they
-    # made this file ~7x slower. Restored afterwards so other test files keep their setting.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def vocab_size() -> int:

@@ -6,20 +6,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from mtsmart.cli import main
 
 TINY = ["model.name_or_path=tiny", "model.tiny_hidden_size=32", "data.max_seq_len=48", "train.batch_size=8", "train.lr=1e-3"]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on 2 shared cores, 2 OpenMP threads run these tiny models ~5x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def train_tiny(out: Path, data_root: Path, *extra: str) -> Path:

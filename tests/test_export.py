@@ -19,14 +19,6 @@ TINY = ["model.name_or_path=tiny", "model.tiny_hidden_size=32", "data.max_seq_le
 SAMPLE = 24  # dev examples compared
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on 2 shared cores, 2 OpenMP threads run these tiny models ~5x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, data_root) -> Path:

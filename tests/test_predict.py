@@ -40,14 +40,6 @@ MNLI_TEST_ROWS = {"test_matched": 7, "test_mismatched": 5}
 SMALL_TEST_ROWS = 60
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on 2 shared cores, 2 OpenMP threads run these tiny models ~5x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def read_tsv(path: Path) -> list[list[str]]:
     with open(path, encoding="utf-8-sig", newline="") as handle:

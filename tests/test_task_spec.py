@@ -1,5 +1,4 @@
 """Task files: every shipped one parses; bad files are refused naming file and key."""
-from pathlib import Path
 
 import pytest
 import yaml
