@@ -22,11 +22,14 @@ def split_config_and_overrides(args: list[str]) -> tuple[Optional[str], list[str
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from mtsmart.distributed import world_from_env
     from mtsmart.train import train
 
     config_path, overrides = split_config_and_overrides(args.rest)
     cfg = load_config(config_path, overrides)
     results = train(cfg, command_line=sys.argv)
+    if not world_from_env().is_main:  # under torchrun only rank 0 reports
+        return 0
     if "final" not in results:
         print(f"stopped at step {results['stopped_at_step']} (train.stop_after_steps); resume with train.resume=auto")
         return 0
