@@ -48,6 +48,18 @@ def pgd_perturbation(
     return r.detach(), int(skipped)
 
 
+def perturbed_result(
+    ctx: AdversarialContext, adv_loss, r, norm: str, weight: float, skipped: int
+) -> AdversarialResult:
+    """L(x) + weight · L(x + r) for the loop to back-propagate, with the scalars it logs."""
+    return AdversarialResult(
+        loss=add(ctx.loss, weight * adv_loss),
+        adv_loss=float(adv_loss.detach()),
+        delta_norm=mean_norm(r, norm),
+        stats={"embed_norm": mean_norm(ctx.embeds, norm), "skipped": float(skipped)},
+    )
+
+
 class FGM(AdversarialMethod):
     """FGM, and FGSM (= FGM with the inf norm): one ascent step of size ε."""
 
@@ -61,12 +73,7 @@ class FGM(AdversarialMethod):
         r = fgm_perturbation(grad, self.epsilon, self.norm, ctx.mask)
         # x keeps its graph so the embedding matrix also gets the gradient of L(x + r).
         adv_loss = perturbed_loss(ctx, ctx.embeds + r, labels)
-        return AdversarialResult(
-            loss=add(ctx.loss, self.weight * adv_loss),
-            adv_loss=float(adv_loss.detach()),
-            delta_norm=mean_norm(r, self.norm),
-            stats={"embed_norm": mean_norm(ctx.embeds, self.norm), "skipped": float(skipped)},
-        )
+        return perturbed_result(ctx, adv_loss, r, self.norm, self.weight, skipped)
 
 
 class PGD(AdversarialMethod):
@@ -85,9 +92,4 @@ class PGD(AdversarialMethod):
             self.epsilon, self.alpha, self.steps, self.norm, ctx.mask,
         )
         adv_loss = perturbed_loss(ctx, ctx.embeds + r, labels)
-        return AdversarialResult(
-            loss=add(ctx.loss, self.weight * adv_loss),
-            adv_loss=float(adv_loss.detach()),
-            delta_norm=mean_norm(r, self.norm),
-            stats={"embed_norm": mean_norm(ctx.embeds, self.norm), "skipped": float(skipped)},
-        )
+        return perturbed_result(ctx, adv_loss, r, self.norm, self.weight, skipped)
