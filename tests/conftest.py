@@ -27,6 +27,23 @@ def data_root() -> Path:
     return DATA_ROOT
 
 
+TINY_TRAIN_ARGS = ("model.name_or_path=tiny", "model.tiny_hidden_size=32", "data.max_seq_len=48", "train.batch_size=8", "train.lr=1e-3")
+
+
+@pytest.fixture(scope="session")
+def train_tiny(data_root) -> Callable[..., Path]:
+    """train_tiny(out, *overrides): `mtsmart train` of a tiny random BERT in-process into out;
+    the caller names the tasks, steps and evaluation size."""
+
+    def train(out: Path, *overrides: str) -> Path:
+        from mtsmart.cli import main
+
+        assert main(["train", *TINY_TRAIN_ARGS, f"data.root={data_root}", f"output_dir={out}", *overrides]) == 0
+        return out
+
+    return train
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     """The tokenizer a `tiny` encoder borrows (the packaged MiniLM's WordPiece)."""

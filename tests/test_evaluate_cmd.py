@@ -9,20 +9,12 @@ import pytest
 
 from mtsmart.cli import main
 
-TINY = ["model.name_or_path=tiny", "model.tiny_hidden_size=32", "data.max_seq_len=48", "train.batch_size=8", "train.lr=1e-3"]
-
-
-
-def train_tiny(out: Path, data_root: Path, *extra: str) -> Path:
-    assert main(["train", *TINY, f"data.root={data_root}", f"output_dir={out}", *extra]) == 0
-    return out
-
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, data_root) -> Path:
+def run(tmp_path_factory, train_tiny) -> Path:
     # Evaluated at steps 2, 4 and 6: `best` and `last` are usually different checkpoints.
     out = tmp_path_factory.mktemp("eval") / "run"
-    return train_tiny(out, data_root, "tasks=[rte,stsb]", "train.max_steps=6", "eval.every_steps=2", "eval.max_examples=32")
+    return train_tiny(out, "tasks=[rte,stsb]", "train.max_steps=6", "eval.every_steps=2", "eval.max_examples=32")
 
 
 def evaluate_json(capsys, *args: str) -> dict:

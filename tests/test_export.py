@@ -15,17 +15,14 @@ from mtsmart.cli import main
 from mtsmart.commands.export import POOLER_INPUT_LIMIT, hidden_bound, pooler_scale
 from mtsmart.run_dir import load_run
 
-TINY = ["model.name_or_path=tiny", "model.tiny_hidden_size=32", "data.max_seq_len=48", "train.batch_size=8", "train.lr=1e-3"]
 SAMPLE = 24  # dev examples compared
 
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, data_root) -> Path:
+def run(tmp_path_factory, train_tiny) -> Path:
     out = tmp_path_factory.mktemp("export") / "run"
-    args = [*TINY, f"data.root={data_root}", "tasks=[rte,stsb]", "train.max_steps=6", "eval.max_examples=16", f"output_dir={out}"]
-    assert main(["train", *args]) == 0
-    return out
+    return train_tiny(out, "tasks=[rte,stsb]", "train.max_steps=6", "eval.max_examples=16")
 
 
 @pytest.fixture(scope="module")

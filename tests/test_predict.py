@@ -21,7 +21,6 @@ from mtsmart.commands.predict import GLUE_FILES, spec_for
 from mtsmart.run_dir import RunDirError, load_run
 from mtsmart.task_spec import DEFAULT_TASKS_DIR
 
-TINY = ["model.name_or_path=tiny", "model.tiny_hidden_size=32", "data.max_seq_len=48", "train.batch_size=8", "train.lr=1e-3"]
 
 # Test-set sizes (GLUE's official counts, as in the shared data's README).
 TEST_ROWS = {"CoLA": 1063, "SST-2": 1821, "MRPC": 1725, "STS-B": 1379, "RTE": 3000, "WNLI": 146, "QNLI": 5463, "AX": 1104}
@@ -67,7 +66,7 @@ def task_file(tasks: Path, name: str, **local) -> None:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, data_root) -> Path:
+def run(tmp_path_factory, data_root, train_tiny) -> Path:
     tmp = tmp_path_factory.mktemp("predict")
     tasks = tmp / "tasks"
     tasks.mkdir()
@@ -87,12 +86,8 @@ def run(tmp_path_factory, data_root) -> Path:
               headerless={"splits": ["train", "dev", "test"], "columns": ["premise", "hypothesis", "label"]})
     write_mnli(tmp / "MNLI")
     task_file(tasks, "mnli", dir=str(tmp / "MNLI"))  # an absolute dir overrides data.root
-    out = tmp / "run"
     names = "cola,sst2,mrpc,stsb,rte,wnli,qnli,mnli,snli,scitail"
-    args = [*TINY, f"data.root={data_root}", f"tasks_dir={tasks}", f"tasks=[{names}]", "train.max_steps=2",
-            "eval.max_examples=16", f"output_dir={out}"]
-    assert main(["train", *args]) == 0
-    return out
+    return train_tiny(tmp / "run", f"tasks_dir={tasks}", f"tasks=[{names}]", "train.max_steps=2", "eval.max_examples=16")
 
 
 @pytest.fixture(scope="module")

@@ -142,15 +142,7 @@ def collate(task: str, items: Sequence[Union[Item, GroupItem]], pad_token_id: in
         raise ValueError(f"task {task!r}: cannot collate an empty batch")
     if isinstance(items[0], GroupItem):
         return _collate_groups(task, items, pad_token_id)
-    input_ids, attention_mask, token_type_ids = _pad(items, pad_token_id)
-    return Batch(
-        task=task,
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        token_type_ids=token_type_ids,
-        labels=_labels([item.label for item in items], task),
-        example_ids=[item.index for item in items],
-    )
+    return _padded_batch(task, items, [item.label for item in items], [item.index for item in items], pad_token_id)
 
 
 def _collate_groups(task: str, groups: Sequence[GroupItem], pad_token_id: int) -> Batch:
@@ -161,16 +153,23 @@ def _collate_groups(task: str, groups: Sequence[GroupItem], pad_token_id: int) -
     mask = torch.zeros(len(groups), width, dtype=torch.bool)
     for g, group in enumerate(groups):
         mask[g, : len(group.candidates)] = True
+    return _padded_batch(
+        task, sequences, [g.target for g in groups], [g.index for g in groups], pad_token_id,
+        candidate_slots=torch.tensor(slots, dtype=torch.long), candidate_mask=mask,
+    )
+
+
+def _padded_batch(task: str, sequences: Sequence[Item], labels: list, example_ids: list[int], pad_token_id: int, **extra) -> Batch:
+    """The Batch of `sequences` padded to the longest; labels/example_ids are per example (or group)."""
     input_ids, attention_mask, token_type_ids = _pad(sequences, pad_token_id)
     return Batch(
         task=task,
         input_ids=input_ids,
         attention_mask=attention_mask,
         token_type_ids=token_type_ids,
-        labels=_labels([g.target for g in groups], task),
-        candidate_slots=torch.tensor(slots, dtype=torch.long),
-        candidate_mask=mask,
-        example_ids=[g.index for g in groups],
+        labels=_labels(labels, task),
+        example_ids=example_ids,
+        **extra,
     )
 
 
