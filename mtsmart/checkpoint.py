@@ -38,7 +38,7 @@ from mtsmart.io import atomic_write_json
 FORMAT_VERSION = 2  # 2: per-rank RNG and adversary states
 # Keys allowed to differ between a checkpoint's config and the resuming run's.
 RESUME_FREE_KEYS = ("train.resume", "train.resume_force", "train.stop_after_steps", "output_dir", "eval.every_steps", "train.log_every_steps",
-                    "train.save_every_steps", "train.keep_checkpoints", "data.root")
+                    "train.save_every_steps", "train.keep_checkpoints", "data.root", "train.keep_freed_memory")
 
 
 STATE_KEYS = ("model_name", "config", "train_state", "sampler", "loaders", "world_size", "rng")

@@ -25,6 +25,7 @@ from mtsmart import checkpoint as ckpt
 from mtsmart import rng
 from mtsmart import distributed
 from mtsmart.adversarial.base import AdversarialContext, build_adversary
+from mtsmart.allocator import keep_freed_memory
 from mtsmart.batch import Batch
 from mtsmart.bregman import BregmanProximal
 from mtsmart.config import Config, ConfigError, save_config
@@ -259,6 +260,8 @@ class Trainer:
         self.out = Path(cfg.output_dir)
         # Refuse a bad resume before anything is loaded or written: nothing already in out is lost.
         self.resume_from = self.find_resume()
+        # Process-wide and for the process's lifetime: glibc keeps the memory a step frees.
+        self.keeps_freed_memory = cfg.train.keep_freed_memory and keep_freed_memory()
         seed_everything(cfg.train.seed)  # the same weights on every rank (DDP also broadcasts rank 0's)
         self.autocast = autocast_factory(cfg.train.precision, self.device)
 
@@ -321,7 +324,8 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         suffix = "" if self.resume_from is None else f".resumed_step_{self.state.step}"
         save_config(self.cfg, self.out / f"config{suffix}.yaml")
-        info = {**run_info(self.cfg, command_line), "world_size": self.world.world_size}
+        info = {**run_info(self.cfg, command_line), "world_size": self.world.world_size,
+                "malloc_keeps_freed_memory": self.keeps_freed_memory}
         if self.resume_from is not None:
             info["resumed_from"] = str(self.resume_from)
         atomic_write_json(self.out / f"run_info{suffix}.json", info)

@@ -26,7 +26,8 @@ The floor of SMART with K ascent steps, from measured units (docs/performance.md
   it: the task loss and the outer term are summed and backpropagated once, and the outer term's
   gradient through the clean output f(x) and through x joins the task loss's there.
 - t_fwd_bwd_inputs: one ascent step: forward of x + δ (x detached), inner divergence, backward
-  to δ only.
+  to δ only; timed twice, relying on autograd pruning and with the parameters frozen (what
+  SMART's ascent does), and the floor takes the cheaper.
 - t_fwd_bwd_params: the outer term's own extra work: forward of x + δ, divergence, backward into
   every encoder/head parameter and into x (a leaf here), but not into the word-embedding table,
   whose backward runs once for both branches in the SMART step (their gradients meet at x).
@@ -48,6 +49,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
 
 from mtsmart.adversarial.base import build_adversary  # noqa: E402
+from mtsmart.allocator import keep_freed_memory  # noqa: E402
 from mtsmart.adversarial.config import AdversarialConfig  # noqa: E402
 from mtsmart.batch import Batch  # noqa: E402
 from mtsmart.bregman import BregmanConfig, BregmanProximal  # noqa: E402
@@ -88,6 +90,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default 2; 1 with --quick)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time by the process's CPU time instead of the wall clock: with --threads 1, "
+                             "the work a step does, whatever else the machine runs")
+    parser.add_argument("--glibc-malloc-defaults", action="store_true",
+                        help="leave glibc's malloc as it is; by default the script keeps freed memory "
+                             "as the trainer does (train.keep_freed_memory, mtsmart/allocator.py)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds (>= 3)")
     parser.add_argument("--only", choices=("smart", "methods"), default=None,
@@ -238,33 +246,57 @@ def method_variant(method: str) -> str:
 # --------------------------------------------------------------------------- timing
 
 
-def timed(variants: dict[str, Callable[[], None]], warmup: int, repeats: int) -> dict[str, list[float]]:
-    """Wall times of each variant over `repeats` interleaved rounds after `warmup` runs each."""
+def timed(
+    variants: dict[str, Callable[[], None]], warmup: int, repeats: int, clock: Callable[[], float] = time.perf_counter
+) -> dict[str, list[float]]:
+    """Times of each variant by `clock` over `repeats` interleaved rounds after `warmup` runs each."""
     for run in variants.values():
         for _ in range(warmup):
             run()
     samples: dict[str, list[float]] = {name: [] for name in variants}
     for round_ in range(repeats):
         for name, run in variants.items():
-            start = time.perf_counter()
+            start = clock()
             run()
-            samples[name].append(time.perf_counter() - start)
+            samples[name].append(clock() - start)
         print(f"round {round_ + 1}/{repeats} done, load average {load_average()}", flush=True)
     return samples
 
 
-def report(times: dict[str, float], has_peer: bool, label: str) -> None:
-    print(f"{label}:")
-    for name, seconds in times.items():
-        print(f"  {name:40s} {seconds * 1000:9.1f} ms")
-    for k in (1, 2):
-        floor = times["plain fine-tuning"] + k * times["unit t_fwd_bwd_inputs"] + times["unit t_fwd_bwd_params"]
-        print(f"  {f'floor K={k}':40s} {floor * 1000:9.1f} ms   (t_plain + {k}·t_fwd_bwd_inputs + t_fwd_bwd_params)")
-        print(f"  ratio SMART K={k} / floor K={k}: {times[f'SMART K={k}'] / floor:.3f}")
-        if has_peer:
-            print(f"  ratio SMART K={k} / smart-pytorch K={k}: "
-                  f"{times[f'SMART K={k}'] / times[f'smart-pytorch 0.0.4 K={k}']:.3f}")
-    print(f"  ratio SMART K=1 / plain: {times['SMART K=1'] / times['plain fine-tuning']:.3f}")
+INPUT_UNITS = ("unit t_fwd_bwd_inputs", "unit t_fwd_bwd_inputs, params frozen")
+
+
+def floor(times: dict[str, float], k: int) -> float:
+    """floor(K) = t_plain + K · t_fwd_bwd_inputs + t_fwd_bwd_params, with the cheaper of the two
+    ways to take an input-only gradient (SMART's ascent freezes the parameters)."""
+    t_inputs = min(times[name] for name in INPUT_UNITS)
+    return times["plain fine-tuning"] + k * t_inputs + times["unit t_fwd_bwd_params"]
+
+
+def report(samples: dict[str, list[float]], has_peer: bool) -> None:
+    """Each variant's median and minimum, the ratios of those, and the median of the ratios
+    taken round by round (each round times every variant once, so its ratio sees one load)."""
+    rounds = range(len(samples["plain fine-tuning"]))
+    by_round = [{name: times[i] for name, times in samples.items()} for i in rounds]
+    for label, statistic in (("median", statistics.median), ("minimum", min)):
+        times = {name: statistic(values) for name, values in samples.items()}
+        print(f"{label}:")
+        for name, seconds in times.items():
+            print(f"  {name:40s} {seconds * 1000:9.1f} ms")
+        for k in (1, 2):
+            print(f"  {f'floor K={k}':40s} {floor(times, k) * 1000:9.1f} ms   "
+                  f"(t_plain + {k}·t_fwd_bwd_inputs + t_fwd_bwd_params)")
+    print("ratios (median of the per-round ratios; in brackets: ratio of the medians, ratio of the minima):")
+    ratios = {f"SMART K={k} / floor K={k}": (lambda t, k=k: t[f"SMART K={k}"] / floor(t, k)) for k in (1, 2)}
+    if has_peer:
+        ratios.update({f"SMART K={k} / smart-pytorch K={k}": (lambda t, k=k: t[f"SMART K={k}"] / t[f"smart-pytorch 0.0.4 K={k}"])
+                       for k in (1, 2)})
+    ratios["SMART K=1 / plain"] = lambda t: t["SMART K=1"] / t["plain fine-tuning"]
+    for name, ratio in ratios.items():
+        paired = statistics.median(ratio(t) for t in by_round)
+        of_medians = ratio({n: statistics.median(v) for n, v in samples.items()})
+        of_minima = ratio({n: min(v) for n, v in samples.items()})
+        print(f"  {name:36s} {paired:.3f}   ({of_medians:.3f}, {of_minima:.3f})")
 
 
 def report_methods(samples: dict[str, list[float]], methods: list[str]) -> None:
@@ -309,6 +341,7 @@ def load_average() -> str:
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
+    kept = False if args.glibc_malloc_defaults else keep_freed_memory()
     model, batch = build(args)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
     variants: dict[str, Callable[[], None]] = {}
@@ -325,17 +358,18 @@ def main() -> None:
 
     model_name = "tiny random BERT" if args.quick else "packaged MiniLM (all-MiniLM-L6-v2)"
     print(f"{model_name}, batch {args.batch_size} x {args.seq_len}, CPU, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats} interleaved rounds after {args.warmup} warm-ups")
+          f"{torch.get_num_threads()} threads, {'CPU' if args.cpu_time else 'wall'} time, "
+          f"median of {args.repeats} interleaved rounds after {args.warmup} warm-ups")
+    print(f"malloc keeps freed memory (train.keep_freed_memory): {kept}")
     print(f"load average (1, 5, 15 min) before: {load_average()}")
     start = time.perf_counter()
-    samples = timed(variants, args.warmup, args.repeats)
+    samples = timed(variants, args.warmup, args.repeats, time.process_time if args.cpu_time else time.perf_counter)
     print(f"load average (1, 5, 15 min) after: {load_average()}; timing took {time.perf_counter() - start:.0f} s")
     if args.only in (None, "smart"):
-        # The minimum is the least disturbed run: other processes only ever add time.
-        for label, statistic in (("median", statistics.median), ("minimum", min)):
-            report({name: statistic(samples[name]) for name in smart_names}, has_peer, label)
+        report({name: samples[name] for name in smart_names}, has_peer)
     if args.only in (None, "methods"):
         report_methods(samples, methods)
+
 
 if __name__ == "__main__":
     main()

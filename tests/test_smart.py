@@ -394,5 +394,5 @@ def test_bench_step_quick_runs():
     run = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_step.py"), "--quick"],
                          capture_output=True, text=True, timeout=120, cwd=REPO)
     assert run.returncode == 0, run.stderr
-    for line in ("plain fine-tuning", "SMART K=1", "floor K=1", "ratio SMART K=1 / floor K=1"):
+    for line in ("plain fine-tuning", "SMART K=1", "floor K=1", "SMART K=1 / floor K=1", "methods through train_microbatch"):
         assert line in run.stdout
