@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import resource
 import statistics
 import sys
 import time
@@ -254,13 +255,22 @@ def timed(
         for _ in range(warmup):
             run()
     samples: dict[str, list[float]] = {name: [] for name in variants}
+    faults: dict[str, list[int]] = {name: [] for name in variants}
     for round_ in range(repeats):
         for name, run in variants.items():
-            start = clock()
+            faults_before, start = minor_page_faults(), clock()
             run()
             samples[name].append(clock() - start)
+            faults[name].append(minor_page_faults() - faults_before)
         print(f"round {round_ + 1}/{repeats} done, load average {load_average()}", flush=True)
+    print("minor page faults per step (median): " + "; ".join(
+        f"{name} {statistics.median(counts):.0f}" for name, counts in faults.items()))
     return samples
+
+
+def minor_page_faults() -> int:
+    """Pages the kernel had to map for this process so far (fresh memory costs one each)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 INPUT_UNITS = ("unit t_fwd_bwd_inputs", "unit t_fwd_bwd_inputs, params frozen")
