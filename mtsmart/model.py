@@ -1,8 +1,7 @@
 """One shared Hugging Face encoder with one head per task, and how to build it from config."""
 from __future__ import annotations
 
-import contextlib
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -98,25 +97,6 @@ def task_output(model: nn.Module, batch: Batch, inputs_embeds: Optional[torch.Te
 def output_fn(model: nn.Module, batch: Batch) -> Callable[[torch.Tensor], torch.Tensor]:
     """embeddings (N, T, H) → task output: the f(x; θ) every regulariser perturbs."""
     return lambda embeds: task_output(model, batch, inputs_embeds=embeds)
-
-
-@contextlib.contextmanager
-def frozen_parameters(model: nn.Module) -> Iterator[None]:
-    """Run the block with requires_grad off on every parameter, then turn it back on.
-
-    For forwards differentiated only with respect to their input (SMART's and PGD's ascent
-    steps): autograd then records no weight-gradient paths and saves no tensors they alone
-    would need, ≈5% of such a step on CPU (docs/performance.md). Graphs recorded before the
-    block keep their parameter paths; a backward through them after the block fills `.grad`.
-    """
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    for p in trainable:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in trainable:
-            p.requires_grad_(True)
 
 
 def _unwrap(model: nn.Module) -> "MultiTaskModel":

@@ -11,9 +11,8 @@ embeddings twice (SMART.md §4.2). Two layers, as in composer:
   picks the divergences of the task type and counts skipped steps (checkpointed).
 
 Cost per step with K ascent steps: the clean forward is the loop's (shared with the task loss);
-then K × (forward of x + δ with the parameters frozen, backward to δ only) and 1 × (forward of
-x + δ with the loss's backward into θ). Nothing else: no extra clean forward and no parameter
-gradient in the ascent.
+then K × (forward of x + δ, backward to δ only) and 1 × (forward of x + δ with the loss's
+backward into θ). Nothing else: no extra clean forward and no parameter gradient in the ascent.
 """
 from __future__ import annotations
 
@@ -33,7 +32,7 @@ from mtsmart.divergence import (
     Divergence,
     get_divergence,
 )
-from mtsmart.model import frozen_parameters, output_fn
+from mtsmart.model import output_fn
 from mtsmart.rng import RngSnapshot, replay
 from mtsmart.perturbation import LEVELS, NORMS, Radius, normalize, project, token_mask, unit_norm, unit_radius
 from mtsmart.task_types import TASK_TYPES
@@ -112,13 +111,10 @@ def smart_regularizer(
     inner_div: Divergence,
     outer_div: Divergence,
     generator: Optional[torch.Generator] = None,
-    ascent_forward: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> SmartResult:
     """λs · Rs(θ) of one batch (Eq. 1) with the inner max by Algorithm 1.
 
     forward: embeddings (N, T, H) → task output, e.g. `mtsmart.model.output_fn(model, batch)`.
-    ascent_forward: the same f for the ascent steps, which need ∇_δ only; None uses `forward`.
-        SmartRegularizer passes f under `frozen_parameters` (cheaper, same values).
     embeds: x (N, T, H), the word-embedding output, part of the parameters' autograd graph.
     clean_output: f(x; θ) from the loop's clean forward (shared with the task loss; not
         recomputed here). Gradient flows into θ through it and through x (Danskin: only x̃ is
@@ -136,7 +132,7 @@ def smart_regularizer(
         delta = project(delta, radius, cfg.norm, cfg.level, mask)  # so ‖δ‖_p ≤ ε holds with K = 0 too
     target = clean_output.detach()  # f(x) is a constant of the inner maximisation
     for step in range(cfg.steps):
-        inner, grad = _ascent_gradient(ascent_forward or forward, x, delta, target, inner_div)
+        inner, grad = _ascent_gradient(forward, x, delta, target, inner_div)
         if not bool(torch.isfinite(inner) & torch.isfinite(grad).all()):  # one host sync per step
             return _skip(cfg, embeds.device, embed_norm, f"non-finite inner divergence or ascent gradient at step {step + 1}")
         delta = _update(delta, grad, radius, cfg, mask)
@@ -163,8 +159,8 @@ def _ascent_gradient(
     """(ℓ_inner(f(x + δ), f(x)), g = ∇_δ ℓ_inner) with g (N, T, H); nothing else.
 
     x is detached and `inputs=delta` makes autograd run only the nodes on the path to δ, so no
-    parameter gradient is computed or accumulated into `.grad`, whether or not `forward` freezes
-    the parameters (which in addition spares autograd from recording their paths).
+    parameter gradient is computed or accumulated into `.grad` (measured: freezing the
+    parameters for this forward is no faster on CPU; docs/performance.md).
     """
     delta = delta.detach().requires_grad_()
     inner = inner_div(forward(x + delta), target)
@@ -260,21 +256,14 @@ class SmartRegularizer:
         if self.cfg.weight == 0:
             return _off(embeds.device)  # λs = 0: nothing to build, nothing to count
         inner, outer = divergences_for(self.cfg, task_type_name)
-        forward = self._forward(model, batch, clean_rng)
-
-        def ascent_forward(perturbed: torch.Tensor) -> torch.Tensor:
-            with frozen_parameters(model):
-                return forward(perturbed)
-
         result = smart_regularizer(
-            forward,
+            self._forward(model, batch, clean_rng),
             embeds,
             clean_output,
             token_mask(batch.attention_mask, embeds.dtype),
             cfg=self.cfg,
             inner_div=inner,
             outer_div=outer,
-            ascent_forward=ascent_forward,
         )
         self.calls_total += 1
         if result.skipped:

@@ -19,7 +19,6 @@ from mtsmart.adversarial.base import (
     LEVEL, AdversarialContext, AdversarialMethod, AdversarialResult, add, finite_or_zero, input_gradient,
     mean_norm, perturbed_loss, require_clean, require_labels,
 )
-from mtsmart.model import frozen_parameters
 from mtsmart.perturbation import project, steepest_ascent
 
 
@@ -87,13 +86,8 @@ class PGD(AdversarialMethod):
         labels = require_labels(ctx, "pgd")
         _, task_loss = require_clean(ctx, "pgd")
         x = ctx.embeds.detach()
-
-        def loss_at(r: Tensor) -> Tensor:
-            with frozen_parameters(ctx.model):  # ∇_r only: no parameter paths to record
-                return perturbed_loss(ctx, x + r, labels)
-
         r, skipped = pgd_perturbation(
-            loss_at,
+            lambda r: perturbed_loss(ctx, x + r, labels),
             input_gradient(task_loss, ctx.embeds),
             self.epsilon, self.alpha, self.steps, self.norm, ctx.mask,
         )
