@@ -3,9 +3,9 @@
 Why: a SMART step on the CPU frees about a gigabyte of activations at its end (the clean and the
 perturbed graphs). glibc's malloc gives the top of its heap back to the kernel once more than
 M_TRIM_THRESHOLD bytes are free there, and returns every chunk above M_MMAP_THRESHOLD with
-munmap, so the next step takes all of it back page by page: 0.8–2 × 10^5 minor page faults per
-SMART step on MiniLM at batch 16 × 128, every page zeroed by the kernel — about 10% of the step
-(docs/performance.md). The loop allocates the same shapes every step, so keeping the freed memory
+munmap, so the next step takes all of it back page by page: 0.8–3.4 × 10^5 minor page faults
+per SMART step on MiniLM at batch 16 × 128, every page zeroed by the kernel — about 15% of the
+step's CPU time (docs/performance.md). The loop allocates the same shapes every step, so keeping the freed memory
 costs no more resident memory than the peak it already reaches.
 
 `keep_freed_memory()` raises both thresholds with mallopt(3), the in-process form of the

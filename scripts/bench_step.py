@@ -6,8 +6,8 @@
 
 A step = forward + losses + backward + AdamW step, on one fixed batch, in one process. Every
 variant gets --warmup untimed runs, then --repeats rounds time each variant once in turn
-(interleaved, so a change in machine load hits all variants alike); the median and the
-minimum are reported, with the load average before and after.
+(interleaved, so a change in machine load hits all variants alike; every other round in reverse
+order); the median and the minimum are reported, with the load average before and after.
 
 Two suites, timed in the same interleaved rounds unless --only picks one:
 
@@ -257,7 +257,9 @@ def timed(
     samples: dict[str, list[float]] = {name: [] for name in variants}
     faults: dict[str, list[int]] = {name: [] for name in variants}
     for round_ in range(repeats):
-        for name, run in variants.items():
+        # Every other round runs the variants in reverse, so no variant always follows the same one.
+        order = list(variants.items()) if round_ % 2 == 0 else list(reversed(variants.items()))
+        for name, run in order:
             faults_before, start = minor_page_faults(), clock()
             run()
             samples[name].append(clock() - start)
