@@ -5,8 +5,8 @@ perturbed graphs). glibc's malloc gives the top of its heap back to the kernel o
 M_TRIM_THRESHOLD bytes are free there, and returns every chunk above M_MMAP_THRESHOLD with
 munmap, so the next step takes all of it back page by page: 0.8–3.4 × 10^5 minor page faults
 per SMART step on MiniLM at batch 16 × 128, every page zeroed by the kernel — about 15% of the
-step's CPU time (docs/performance.md). The loop allocates the same shapes every step, so keeping the freed memory
-costs no more resident memory than the peak it already reaches.
+step's CPU time (docs/performance.md). The loop allocates the same shapes every step, so keeping
+the freed memory costs no more resident memory than the peak it already reaches.
 
 `keep_freed_memory()` raises both thresholds with mallopt(3), the in-process form of the
 MALLOC_TRIM_THRESHOLD_ / MALLOC_MMAP_THRESHOLD_ / MALLOC_TOP_PAD_ environment variables. It

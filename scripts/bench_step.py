@@ -26,8 +26,8 @@ The floor of SMART with K ascent steps, from measured units (docs/performance.md
   it: the task loss and the outer term are summed and backpropagated once, and the outer term's
   gradient through the clean output f(x) and through x joins the task loss's there.
 - t_fwd_bwd_inputs: one ascent step: forward of x + δ (x detached), inner divergence, backward
-  to δ only; timed twice, relying on autograd pruning and with the parameters frozen (what
-  SMART's ascent does), and the floor takes the cheaper.
+  to δ only; timed twice, relying on autograd pruning (what SMART's ascent does) and with the
+  parameters frozen (the alternative), and the floor takes the cheaper.
 - t_fwd_bwd_params: the outer term's own extra work: forward of x + δ, divergence, backward into
   every encoder/head parameter and into x (a leaf here), but not into the word-embedding table,
   whose backward runs once for both branches in the SMART step (their gradients meet at x).
@@ -50,8 +50,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
 
 from mtsmart.adversarial.base import build_adversary  # noqa: E402
-from mtsmart.allocator import keep_freed_memory  # noqa: E402
 from mtsmart.adversarial.config import AdversarialConfig  # noqa: E402
+from mtsmart.allocator import keep_freed_memory  # noqa: E402
 from mtsmart.batch import Batch  # noqa: E402
 from mtsmart.bregman import BregmanConfig, BregmanProximal  # noqa: E402
 from mtsmart.divergence import symmetric_kl  # noqa: E402
@@ -280,7 +280,7 @@ INPUT_UNITS = ("unit t_fwd_bwd_inputs", "unit t_fwd_bwd_inputs, params frozen")
 
 def floor(times: dict[str, float], k: int) -> float:
     """floor(K) = t_plain + K · t_fwd_bwd_inputs + t_fwd_bwd_params, with the cheaper of the two
-    ways to take an input-only gradient (SMART's ascent freezes the parameters)."""
+    ways to take an input-only gradient, so the floor never favours the implementation."""
     t_inputs = min(times[name] for name in INPUT_UNITS)
     return times["plain fine-tuning"] + k * t_inputs + times["unit t_fwd_bwd_params"]
 
@@ -301,8 +301,10 @@ def report(samples: dict[str, list[float]], has_peer: bool) -> None:
     print("ratios (median of the per-round ratios; in brackets: ratio of the medians, ratio of the minima):")
     ratios = {f"SMART K={k} / floor K={k}": (lambda t, k=k: t[f"SMART K={k}"] / floor(t, k)) for k in (1, 2)}
     if has_peer:
-        ratios.update({f"SMART K={k} / smart-pytorch K={k}": (lambda t, k=k: t[f"SMART K={k}"] / t[f"smart-pytorch 0.0.4 K={k}"])
-                       for k in (1, 2)})
+        ratios.update({
+            f"SMART K={k} / smart-pytorch K={k}": (lambda t, k=k: t[f"SMART K={k}"] / t[f"smart-pytorch 0.0.4 K={k}"])
+            for k in (1, 2)
+        })
     ratios["SMART K=1 / plain"] = lambda t: t["SMART K=1"] / t["plain fine-tuning"]
     for name, ratio in ratios.items():
         paired = statistics.median(ratio(t) for t in by_round)

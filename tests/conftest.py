@@ -27,7 +27,9 @@ def data_root() -> Path:
     return DATA_ROOT
 
 
-TINY_TRAIN_ARGS = ("model.name_or_path=tiny", "model.tiny_hidden_size=32", "data.max_seq_len=48", "train.batch_size=8", "train.lr=1e-3")
+TINY_TRAIN_ARGS = (
+    "model.name_or_path=tiny", "model.tiny_hidden_size=32", "data.max_seq_len=48", "train.batch_size=8", "train.lr=1e-3",
+)
 
 
 @pytest.fixture(scope="session")
