@@ -8,6 +8,7 @@ from typing import Callable, Iterable, Union
 import pytest
 import torch
 
+from mtsmart.cli import main
 from mtsmart.model import MultiTaskModel, load_encoder, load_tokenizer
 from mtsmart.task_spec import TaskSpec
 
@@ -38,8 +39,6 @@ def train_tiny(data_root) -> Callable[..., Path]:
     the caller names the tasks, steps and evaluation size."""
 
     def train(out: Path, *overrides: str) -> Path:
-        from mtsmart.cli import main
-
         assert main(["train", *TINY_TRAIN_ARGS, f"data.root={data_root}", f"output_dir={out}", *overrides]) == 0
         return out
 
