@@ -8,8 +8,10 @@ per SMART step on MiniLM at batch 16 × 128, every page zeroed by the kernel —
 step's CPU time (docs/performance.md). The loop allocates the same shapes every step, so keeping
 the freed memory costs no more resident memory than the peak it already reaches.
 
-`keep_freed_memory()` raises both thresholds with mallopt(3), the in-process form of the
-MALLOC_TRIM_THRESHOLD_ / MALLOC_MMAP_THRESHOLD_ / MALLOC_TOP_PAD_ environment variables. It
+`keep_freed_memory()` raises both thresholds and turns mmapped chunks off with mallopt(3), the
+in-process form of the MALLOC_TRIM_THRESHOLD_ / MALLOC_MMAP_THRESHOLD_ / MALLOC_MMAP_MAX_ /
+MALLOC_TOP_PAD_ environment variables. Without mmapped chunks, tensors above 32 MiB (the
+embedding table's gradient, the gradient penalty's double-backward buffers) are reused too. It
 changes nothing on a GPU's memory (the CUDA caching allocator already keeps its blocks) and is a
 no-op where glibc is absent (macOS, Windows, musl).
 """
@@ -25,11 +27,13 @@ log = logging.getLogger(__name__)
 M_TRIM_THRESHOLD = -1
 M_TOP_PAD = -2
 M_MMAP_THRESHOLD = -3
+M_MMAP_MAX = -4
 
 INT_MAX = 2**31 - 1  # mallopt takes a C int
 TRIM_THRESHOLD = INT_MAX  # free memory at the heap top kept before any is returned
 TOP_PAD = 1 << 30  # and 1 GiB kept even then
 MMAP_THRESHOLD = 32 << 20  # glibc's largest allowed value on 64-bit: chunks up to 32 MiB come from the heap
+MMAP_MAX = 0  # and larger ones too: no chunk is mmapped, so none is unmapped at free
 
 
 def keep_freed_memory() -> bool:
@@ -42,7 +46,9 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    settings = ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_TOP_PAD, TOP_PAD))
+    settings = (
+        (M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_MMAP_MAX, MMAP_MAX), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_TOP_PAD, TOP_PAD),
+    )
     applied = all(mallopt(param, value) == 1 for param, value in settings)  # mallopt returns 1 on success
     if not applied:
         log.warning("mallopt refused a setting: freed memory may be returned to the kernel between steps")
