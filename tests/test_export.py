@@ -18,7 +18,6 @@ from mtsmart.run_dir import load_run
 SAMPLE = 24  # dev examples compared
 
 
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, train_tiny) -> Path:
     out = tmp_path_factory.mktemp("export") / "run"
