@@ -12,6 +12,7 @@ the μ · D_Breg term for a batch and moves θ̃ on its schedule. β = 0 is the 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Optional, Sequence
 
@@ -23,16 +24,17 @@ from mtsmart.divergence import DIVERGENCES_FOR_DISTRIBUTIONS, DIVERGENCES_FOR_SC
 from mtsmart.model import task_output
 from mtsmart.task_types import task_type_of
 
-# The paper's schedule (SMART.md §2): β = 0.99 for the first 10% of the updates, then `beta`.
-PAPER_EARLY_BETA = 0.99
-PAPER_EARLY_DIVISOR = 10  # the first total_updates // 10 updates are "the first 10%"
-
+# two_phase: β = early_beta for the first early_fraction of the updates, then `beta`. The paper's
+# 0.99 over 10% by default; the authors' code ran 0.9 over the warm-up, then 0.99 (SMART.md §7).
+SCHEDULES = ("two_phase", "constant")
 
 @dataclass
 class BregmanConfig:
     mu: float = 1.0  # μ; 0 turns the term off and costs nothing
     beta: float = 0.999  # β of θ̃ = (1 − β) θ + β θ̃ (schedule=constant, and after the switch)
-    beta_schedule: Literal["paper", "constant"] = "paper"  # paper: 0.99 for the first 10% of updates
+    beta_schedule: Literal["two_phase", "constant"] = "two_phase"  # two_phase: early_beta for the first early_fraction of updates, then beta
+    early_beta: float = 0.99  # β of the early phase (the paper: 0.99; the authors' code: 0.9, SMART.md §7)
+    early_fraction: float = 0.1  # length of the early phase as a fraction of all updates (the paper: 10%; the authors' code: the warm-up)
     inner_steps: int = 1  # S: optimizer steps between teacher updates
     teacher_dropout: bool = False  # teacher forward in train mode (dropout on) or eval mode
     divergence: Literal["auto", "sym_kl", "kl", "stable_kl", "mse"] = "auto"  # ℓs of D_Breg; auto: by task type
@@ -42,8 +44,14 @@ class BregmanConfig:
             raise ValueError(f"bregman.mu: {self.mu} must be >= 0")
         if not 0.0 <= self.beta < 1.0:
             raise ValueError(f"bregman.beta: {self.beta} must be in [0, 1) (1 would freeze the teacher)")
-        if self.beta_schedule not in ("paper", "constant"):
-            raise ValueError(f"bregman.beta_schedule: {self.beta_schedule!r} is not one of ['paper', 'constant']")
+        if self.beta_schedule == "paper":
+            raise ValueError("bregman.beta_schedule: 'paper' is now called 'two_phase' (early_beta 0.99 over early_fraction 0.1)")
+        if self.beta_schedule not in SCHEDULES:
+            raise ValueError(f"bregman.beta_schedule: {self.beta_schedule!r} is not one of {list(SCHEDULES)}")
+        if not 0.0 <= self.early_beta < 1.0:
+            raise ValueError(f"bregman.early_beta: {self.early_beta} must be in [0, 1)")
+        if not 0.0 <= self.early_fraction <= 1.0:
+            raise ValueError(f"bregman.early_fraction: {self.early_fraction} must be in [0, 1]")
         if self.inner_steps < 1:
             raise ValueError(f"bregman.inner_steps: {self.inner_steps} must be >= 1")
         if self.divergence not in ("auto", "sym_kl", "kl", "stable_kl", "mse"):
@@ -68,10 +76,15 @@ def ema_update_(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor]
         torch._foreach_lerp_(list(teacher), list(student), 1.0 - beta)
 
 
+def early_updates(total_updates: int, fraction: float) -> int:
+    """The number of updates in the early phase: ⌊fraction · total⌋ (a guard keeps 0.1 · 70 at 7)."""
+    return math.floor(fraction * total_updates + 1e-9)
+
+
 def scheduled_beta(update: int, total_updates: int, cfg: BregmanConfig) -> float:
     """β for the teacher update that follows optimizer update number `update` (1-based)."""
-    if cfg.beta_schedule == "paper" and update <= total_updates // PAPER_EARLY_DIVISOR:
-        return PAPER_EARLY_BETA
+    if cfg.beta_schedule == "two_phase" and update <= early_updates(total_updates, cfg.early_fraction):
+        return cfg.early_beta
     return cfg.beta
 
 

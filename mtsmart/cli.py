@@ -3,20 +3,23 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Optional
 
 from mtsmart.checkpoint import CheckpointError
 from mtsmart.config import ConfigError, load_config
 from mtsmart.data.readers import DataError
 from mtsmart.run_dir import RunDirError
+from mtsmart.study.spec import StudyError
 from mtsmart.task_spec import TaskSpecError
 
-USER_ERRORS = (CheckpointError, DataError, TaskSpecError, RunDirError, FloatingPointError)
+USER_ERRORS = (CheckpointError, DataError, TaskSpecError, RunDirError, StudyError, FloatingPointError)
 
 
 def split_config_and_overrides(args: list[str]) -> tuple[Optional[str], list[str]]:
-    """`[CONFIG.yaml] [key=value ...]` → (config path or None, overrides)."""
-    if args and "=" not in args[0]:
+    """`[CONFIG.yaml] [key=value ...]` → (config path or None, overrides); an existing file is a
+    config even when its path holds "="."""
+    if args and ("=" not in args[0] or Path(args[0]).is_file()):
         return args[0], args[1:]
     return None, args
 

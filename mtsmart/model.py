@@ -1,7 +1,8 @@
 """One shared Hugging Face encoder with one head per task, and how to build it from config."""
 from __future__ import annotations
 
-from typing import Callable, Optional
+import contextlib
+from typing import Callable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -97,6 +98,42 @@ def task_output(model: nn.Module, batch: Batch, inputs_embeds: Optional[torch.Te
 def output_fn(model: nn.Module, batch: Batch) -> Callable[[torch.Tensor], torch.Tensor]:
     """embeddings (N, T, H) → task output: the f(x; θ) every regulariser perturbs."""
     return lambda embeds: task_output(model, batch, inputs_embeds=embeds)
+
+
+def embedding_module(model: nn.Module) -> nn.Module:
+    """The encoder's embedding module (word + position + type embeddings, LayerNorm, dropout)
+    whose output feeds the first layer: `.embeddings` in BERT, RoBERTa, ELECTRA and DeBERTa-v2/v3."""
+    encoder = _unwrap(model).encoder
+    if not hasattr(encoder, "embeddings"):
+        raise ValueError(f"{type(encoder).__name__} has no `embeddings` module whose output could be perturbed")
+    return encoder.embeddings
+
+
+@contextlib.contextmanager
+def captured_embedding_output(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collects the embedding module's output (N, T, H) of the forwards run inside the block,
+    still in the autograd graph: the x of `smart.input=embedding_output` (SMART.md §7)."""
+    captured: list[torch.Tensor] = []
+    handle = embedding_module(model).register_forward_hook(lambda module, args, output: captured.append(output))
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def embedding_output_fn(model: nn.Module, batch: Batch) -> Callable[[torch.Tensor], torch.Tensor]:
+    """embedding output (N, T, H) → task output: the encoder layers and the head run from the given
+    tensor, which replaces the embedding module's output (a forward hook; the module itself still
+    runs and, in training mode, draws its dropout mask, so random streams match a clean forward)."""
+
+    def forward(hidden: torch.Tensor) -> torch.Tensor:
+        handle = embedding_module(model).register_forward_hook(lambda module, args, output: hidden)
+        try:
+            return task_output(model, batch)
+        finally:
+            handle.remove()
+
+    return forward
 
 
 def _unwrap(model: nn.Module) -> "MultiTaskModel":

@@ -32,14 +32,17 @@ from mtsmart.divergence import (
     Divergence,
     get_divergence,
 )
-from mtsmart.model import output_fn
+from mtsmart.model import embedding_output_fn, output_fn
 from mtsmart.rng import RngSnapshot, replay
 from mtsmart.perturbation import LEVELS, NORMS, Radius, normalize, project, token_mask, unit_norm, unit_radius
 from mtsmart.task_types import TASK_TYPES
 
 log = logging.getLogger(__name__)
 
-UPDATES = ("paper", "reference")
+UPDATES = ("paper", "reference", "release")
+# What x is: the word-embedding output (the paper's text, SMART.md §1) or the encoder's embedding
+# module output after its LayerNorm and dropout (the authors' released code, SMART.md §7).
+INPUTS = ("word_embeddings", "embedding_output")
 # Task types whose outputs are scores (B,) rather than logits of a distribution.
 SCORE_TASK_TYPES = ("regression",)
 
@@ -50,13 +53,14 @@ class SmartConfig:
     steps: int = 1  # K (the paper's T_x̃): ascent steps
     step_size: float = 1e-3  # η
     noise_std: float = 1e-5  # σ of the initial noise ν ~ N(0, σ² I)
-    epsilon: float = 1e-5  # ε, the projection radius
+    epsilon: float = 1e-5  # ε: the projection radius (update=paper); only a division guard for reference and release
     epsilon_relative: bool = False  # ε relative to each unit's embedding norm (SMART.md §6)
     norm: Literal["inf", "l2", "l1"] = "inf"  # p of the ball ‖x̃ − x‖_p ≤ ε and of the ascent normalisation
     level: Literal["token", "sentence"] = "token"  # perturbation unit: each token (H) or each example (T×H)
     inner_div: Literal["auto", "sym_kl", "kl", "stable_kl", "mse"] = "auto"  # auto: by task type
     outer_div: Literal["auto", "sym_kl", "kl", "stable_kl", "mse"] = "auto"  # the ℓs that trains θ; auto: by task type
-    update: Literal["paper", "reference"] = "paper"  # paper: Algorithm 1; reference: the public code's unit-norm rule
+    update: Literal["paper", "reference", "release"] = "paper"  # paper: Algorithm 1; reference: the public code's unit-norm rule; release: x + η·g/‖g‖ as the authors ran it
+    input: Literal["word_embeddings", "embedding_output"] = "word_embeddings"  # the perturbed tensor x: word embeddings (the paper's text) or the embedding module's output (the released code)
     strict: bool = False  # raise on a non-finite ascent gradient instead of skipping the term
     dropout: Literal["shared", "independent"] = "shared"  # perturbed forwards reuse the clean forward's dropout masks, or draw new ones (the reference code)
 
@@ -70,13 +74,14 @@ class SmartConfig:
         _check_choice("norm", self.norm, NORMS)
         _check_choice("level", self.level, LEVELS)
         _check_choice("update", self.update, UPDATES)
+        _check_choice("input", self.input, INPUTS)
         _check_choice("dropout", self.dropout, ("shared", "independent"))
         _check_choice("inner_div", self.inner_div, ("auto", *DIVERGENCES))
         _check_choice("outer_div", self.outer_div, ("auto", *DIVERGENCES))
-        if self.update == "reference" and self.epsilon_relative:
-            # The reference rule has no radius (ε is only its denominator guard), so a relative
-            # radius would be parsed and ignored: refuse it.
-            raise ValueError("smart.epsilon_relative=true has no meaning with smart.update=reference")
+        if self.update != "paper" and self.epsilon_relative:
+            # The reference and release rules have no radius (ε is only their denominator guard),
+            # so a relative radius would be parsed and ignored: refuse it.
+            raise ValueError(f"smart.epsilon_relative=true has no meaning with smart.update={self.update} (no projection radius)")
 
 
 def _check_choice(key: str, value: str, choices: Iterable[str]) -> None:
@@ -171,6 +176,11 @@ def _ascent_gradient(
 def _update(delta: torch.Tensor, grad: torch.Tensor, radius: Radius, cfg: SmartConfig, mask: torch.Tensor) -> torch.Tensor:
     """One step of the inner maximisation; returns the new δ (N, T, H), detached."""
     delta = delta.detach()
+    if cfg.update == "release":
+        # The authors' released code (SMART.md §7): δ = η · g / (‖g‖ + ε) per unit, with no
+        # projection; the previous δ (the noise ν at the first step) only seeded g and is dropped.
+        grad = grad * mask
+        return cfg.step_size * grad / (unit_norm(grad, cfg.norm, cfg.level) + cfg.epsilon)
     if cfg.update == "paper":
         # Algorithm 1: g̃ = g / ‖g‖; x̃ ← Π_{‖x̃ − x‖_p ≤ ε}(x̃ + η g̃).
         ascended = delta + cfg.step_size * normalize(grad, cfg.norm, cfg.level, mask)
@@ -226,8 +236,9 @@ def _divergence(key: str, choice: str, task_type_name: str) -> Divergence:
 class SmartRegularizer:
     """Builds f, the mask and the divergences for a batch and counts skipped steps.
 
-    Call it after the clean forward, with x = model.word_embeddings(batch.input_ids) and the
-    clean output computed from that x (`task_output(model, batch, inputs_embeds=x)`), and add
+    Call it after the clean forward, with x the tensor `smart.input` names, taken from that
+    forward: `model.word_embeddings(batch.input_ids)` fed as `inputs_embeds`, or the embedding
+    module's output captured during it (`mtsmart.model.captured_embedding_output`); add
     `result.loss` to the task loss before the one backward.
     """
 
@@ -277,7 +288,7 @@ class SmartRegularizer:
     def _forward(
         self, model: nn.Module, batch: Batch, clean_rng: Optional[RngSnapshot]
     ) -> Callable[[torch.Tensor], torch.Tensor]:
-        forward = output_fn(model, batch)
+        forward = (output_fn if self.cfg.input == "word_embeddings" else embedding_output_fn)(model, batch)
         if self.cfg.dropout == "independent" or not model.training:
             return forward
         if clean_rng is None:

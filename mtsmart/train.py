@@ -35,7 +35,7 @@ from mtsmart.data.readers import read_split
 from mtsmart.evaluate import EvalSet
 from mtsmart.io import atomic_write_json, atomic_write_text
 from mtsmart.logger import MetricLogger
-from mtsmart.model import MultiTaskModel, load_encoder, load_tokenizer, task_output
+from mtsmart.model import MultiTaskModel, captured_embedding_output, load_encoder, load_tokenizer, task_output
 from mtsmart.perturbation import token_mask
 from mtsmart.run_info import run_info, seed_everything
 from mtsmart.sampler import TaskSampler
@@ -93,7 +93,7 @@ def build_train_loaders(
     loaders = {}
     for name, spec in specs.items():
         items = encode_split(spec, read_split(spec, "train", cfg.data), tokenizer, cfg.data.max_seq_len)
-        items = subsample(items, cfg.data.train_fraction, cfg.train.seed)
+        items = subsample(items, cfg.data.train_fraction, cfg.train.seed, cfg.data.train_examples)
         loaders[name] = TaskLoader(
             name,
             items,
@@ -197,7 +197,9 @@ def train_microbatch(
         embeds = model_core(model).word_embeddings(batch.input_ids)  # x (N, T, H)
         needs_clean = not adversary.replaces_task_loss or bregman.enabled
         clean_rng = rng.snapshot(embeds.device)  # the clean forward's dropout masks, for SMART to replay
-        clean = task_output(model, batch, inputs_embeds=embeds) if needs_clean else None
+        capture = adversary.perturbs == "embedding_output"  # smart.input=embedding_output (SMART.md §7)
+        with captured_embedding_output(model) if capture else contextlib.nullcontext([]) as captured:
+            clean = task_output(model, batch, inputs_embeds=embeds) if needs_clean else None
         task_loss = task_type.loss(clean, batch.labels) if clean is not None else None
         loss = None if adversary.replaces_task_loss else task_loss
         if bregman.enabled:
@@ -215,6 +217,7 @@ def train_microbatch(
             loss=loss,
             backward=backward,
             clean_rng=clean_rng,
+            embedding_output=captured[0] if captured else None,
         )
         result = adversary(context)
     if result.loss is not None:

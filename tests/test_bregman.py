@@ -117,7 +117,7 @@ def test_ema_update_is_the_convex_combination():
 def test_teacher_follows_the_hand_computed_ema_with_schedule_switch_and_inner_steps(vocab_size):
     model = make_model(vocab_size)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    cfg = BregmanConfig(mu=1.0, beta=0.6, beta_schedule="paper", inner_steps=2)
+    cfg = BregmanConfig(mu=1.0, beta=0.6, beta_schedule="two_phase", inner_steps=2)
     bregman = BregmanProximal(opt, model, cfg, total_updates=40)  # first 10% = updates 1..4
     expected = clone_params(model)  # θ̃_1 = θ_0
     betas = []
@@ -395,7 +395,7 @@ def test_amp_skipped_steps_neither_count_nor_move_the_teacher(vocab_size):
 def build(vocab_size: int, seed: int = 0) -> tuple[MultiTaskModel, BregmanProximal]:
     model = make_model(vocab_size, seed)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)
-    cfg = BregmanConfig(mu=1.0, beta=0.9, beta_schedule="paper", inner_steps=2)
+    cfg = BregmanConfig(mu=1.0, beta=0.9, beta_schedule="two_phase", inner_steps=2)
     return model, BregmanProximal(opt, model, cfg, total_updates=40)  # β switches after update 4
 
 

@@ -37,6 +37,7 @@ class AdversarialContext:
     loss: Optional[Tensor]  # the loop's total loss so far, not yet back-propagated
     backward: Callable[[Tensor], None]  # back-propagates a loss now, with the loop's scaling
     clean_rng: Optional[RngSnapshot] = None  # random state the clean forward started from (its dropout masks)
+    embedding_output: Optional[Tensor] = None  # the embedding module's output in the clean forward, when the method perturbs it
 
 
 @dataclass
@@ -51,6 +52,9 @@ class AdversarialMethod:
     """One small object per method; the arithmetic lives in pure functions beside it."""
 
     replaces_task_loss: bool = False  # True: the loop skips the clean forward and L(x)
+    # The tensor the method perturbs: "word_embeddings" (ctx.embeds) or "embedding_output"
+    # (the loop then captures ctx.embedding_output from its clean forward).
+    perturbs: str = "word_embeddings"
 
     def __call__(self, ctx: AdversarialContext) -> AdversarialResult:
         raise NotImplementedError
@@ -177,6 +181,7 @@ def build_adversary(
     from mtsmart.adversarial.gradient_penalty import GradientPenalty
     from mtsmart.adversarial.matrix import MatrixAttack
     from mtsmart.adversarial.r3f import R3F
+    from mtsmart.adversarial.rdrop import RDrop
 
     norm = adv.resolved_norm
     if adv.method == "none":
@@ -205,4 +210,6 @@ def build_adversary(
         return GradientPenalty(epsilon=adv.epsilon, weight=adv.weight)
     if adv.method == "r3f":
         return R3F(init=adv.init, sigma=adv.init_scale, weight=adv.weight, generator=generator)
+    if adv.method == "rdrop":
+        return RDrop(weight=adv.weight)
     raise ValueError(f"adversarial.method: unknown method {adv.method!r}")

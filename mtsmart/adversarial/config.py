@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-METHODS = ("none", "smart", "fgsm", "fgm", "pgd", "freelb", "gradient_penalty", "r3f")
+METHODS = ("none", "smart", "fgsm", "fgm", "pgd", "freelb", "gradient_penalty", "r3f", "rdrop")
 # The methods the seed articles run on the whole embedding matrix (SMART.md §3).
 MATRIX_METHODS = ("fgsm", "fgm", "pgd")
 # The methods that take gradient-ascent steps under a norm.
@@ -14,7 +14,7 @@ NORMED_METHODS = ("fgsm", "fgm", "pgd", "freelb")
 @dataclass
 class AdversarialConfig:
     # smart: SMART's Rs with the smart.* options; the others with the options below.
-    method: Literal["none", "smart", "fgsm", "fgm", "pgd", "freelb", "gradient_penalty", "r3f"] = "smart"
+    method: Literal["none", "smart", "fgsm", "fgm", "pgd", "freelb", "gradient_penalty", "r3f", "rdrop"] = "smart"
     scope: Literal["example", "matrix"] = "example"  # example: each x_i; matrix: the whole word-embedding matrix (fgsm/fgm/pgd)
     epsilon: float = 1.0  # radius of fgsm/fgm/pgd/freelb; the penalty's ε in L + ½ε‖∇_x L‖²
     alpha: float = 0.3  # PGD / FreeLB step size
@@ -22,7 +22,7 @@ class AdversarialConfig:
     norm: Literal["auto", "inf", "l2", "l1"] = "auto"  # auto: inf for fgsm (sign step), l2 for fgm/pgd/freelb
     init: Literal["zero", "normal", "uniform"] = "normal"  # FreeLB / R3F random start
     init_scale: float = 1e-5  # std (normal) or half-width (uniform) of the random start
-    weight: float = 1.0  # weight of the added term: L(x + r) of fgsm/fgm/pgd, R3F's λ, the penalty's multiplier
+    weight: float = 1.0  # weight of the added term: L(x + r) of fgsm/fgm/pgd, R3F's λ, R-Drop's α, the penalty's multiplier
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

@@ -12,12 +12,16 @@ class SmartMethod(AdversarialMethod):
 
     def __init__(self, cfg: SmartConfig):
         self.regularizer = SmartRegularizer(cfg)
+        self.perturbs = cfg.input
 
     def __call__(self, ctx: AdversarialContext) -> AdversarialResult:
         if ctx.clean_output is None:
             raise ValueError("adversarial.method=smart needs the loop's clean output f(x)")
+        x = ctx.embeds if self.perturbs == "word_embeddings" else ctx.embedding_output
+        if x is None:
+            raise ValueError("smart.input=embedding_output needs the embedding output of the loop's clean forward")
         result = self.regularizer(
-            ctx.model, ctx.batch, ctx.embeds, ctx.clean_output, ctx.task_type.name, clean_rng=ctx.clean_rng
+            ctx.model, ctx.batch, x, ctx.clean_output, ctx.task_type.name, clean_rng=ctx.clean_rng
         )
         return AdversarialResult(
             loss=add(ctx.loss, result.loss),

@@ -31,13 +31,14 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def subsample(items: Sequence, fraction: float, seed: int) -> list:
-    """A seed-determined `fraction` of items (at least one), kept in dataset order."""
+def subsample(items: Sequence, fraction: float, seed: int, count: int = 0) -> list:
+    """A seed-determined `fraction` of items (at least one), or `count` of them when count > 0
+    (all when the set is smaller), kept in dataset order."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"data.train_fraction: {fraction} must be in (0, 1]")
-    if fraction == 1.0:
+    keep = min(count, len(items)) if count > 0 else max(1, round(fraction * len(items)))
+    if keep == len(items):
         return list(items)
-    keep = max(1, round(fraction * len(items)))
     generator = torch.Generator().manual_seed(derive_seed("subsample", seed))
     chosen = sorted(torch.randperm(len(items), generator=generator)[:keep].tolist())
     return [items[i] for i in chosen]

@@ -1,0 +1,43 @@
+"""R-Drop (Liang et al., NeurIPS 2021): the task loss on two dropout samples of the same input,
+plus α times their disagreement. SMART.md §7 explains why it matters here: SMART as its authors
+ran it (independent dropout masks in every pass) is largely this dropout-consistency term.
+
+    L = ½ (L(f₁(x), y) + L(f₂(x), y)) + α · ½ (KL(P₁‖P₂) + KL(P₂‖P₁))     classification, ranking
+    L = ½ (L(f₁(x), y) + L(f₂(x), y)) + α · (f₁(x) − f₂(x))²               regression
+
+f₁ is the loop's clean forward, f₂ a second forward of the same x with fresh dropout masks (the
+random state has moved on). The task loss is averaged over the two passes, as R-Drop's code
+does, so the learning rate means what it means for plain fine-tuning. α = `adversarial.weight`
+(the paper: 0.1–1 on GLUE, 1 by default here). One extra forward, no extra backward.
+"""
+from __future__ import annotations
+
+from mtsmart.adversarial.base import (
+    AdversarialContext, AdversarialMethod, AdversarialResult, require_clean, require_labels,
+)
+from mtsmart.divergence import get_divergence
+from mtsmart.model import task_output
+
+# R-Drop's disagreement from the task type's divergence: the symmetric KL is KL + reverse KL,
+# R-Drop averages the two directions; squared error is used as it is.
+_SCALE = {"sym_kl": 0.5, "mse": 1.0}
+
+
+def rdrop_consistency(first, second, divergence_name: str):
+    """R-Drop's disagreement between two dropout samples' outputs (batch mean, float32)."""
+    return _SCALE[divergence_name] * get_divergence(divergence_name)(second, first)
+
+
+class RDrop(AdversarialMethod):
+    def __init__(self, weight: float):
+        self.weight = weight  # α
+
+    def __call__(self, ctx: AdversarialContext) -> AdversarialResult:
+        first, first_loss = require_clean(ctx, "rdrop")
+        labels = require_labels(ctx, "rdrop")
+        second = task_output(ctx.model, ctx.batch, inputs_embeds=ctx.embeds)  # new dropout masks
+        second_loss = ctx.task_type.loss(second, labels)
+        consistency = rdrop_consistency(first, second, ctx.task_type.default_divergence)
+        # ctx.loss already holds L(f₁) (plus e.g. the Bregman term): move it to the two-pass mean.
+        loss = ctx.loss + 0.5 * (second_loss - first_loss) + self.weight * consistency
+        return AdversarialResult(loss=loss, adv_loss=float(consistency.detach()), delta_norm=0.0)

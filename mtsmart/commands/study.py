@@ -1,0 +1,36 @@
+"""`mtsmart study STUDY.yaml [--workers N] [--threads T] [--report-only]`: run a study, then write
+its report (docs/study.md)."""
+from __future__ import annotations
+
+import argparse
+
+from mtsmart.study.spec import StudyError, load_study
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser("study", help="run a pre-registered study (variants × settings × seeds) and report it")
+    parser.add_argument("study", help="the study file (YAML)")
+    parser.add_argument("--workers", type=int, default=2, help="training processes at once (default 2)")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads per process (default 1)")
+    parser.add_argument("--report-only", action="store_true", help="write report.md / report.png from the finished runs; run nothing")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mtsmart.study.report import write_report
+    from mtsmart.study.runner import run_study
+
+    if args.workers < 1 or args.threads < 1:
+        raise StudyError("--workers and --threads must be at least 1")
+    study = load_study(args.study)
+    try:
+        failed = [] if args.report_only else run_study(study, args.workers, args.threads)
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to continue (finished runs are kept, the others resume)")
+        return 130
+    md, png = write_report(study)
+    print(f"report: {md} and {png}")
+    if failed:
+        print(f"{len(failed)} runs failed; their train.log says why; rerun the same command to retry them")
+        return 1
+    return 0

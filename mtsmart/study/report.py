@@ -1,0 +1,133 @@
+"""The study's tables (Markdown) and plot (PNG): per setting, the tuning grid on the tune seeds,
+then each variant on the report seeds — mean ± std, best of 3, and the seed-paired difference to
+the baseline with its 95% interval."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from mtsmart.study.results import chosen_point, metrics_by_seed, paired_difference, summarise
+from mtsmart.study.runner import RUN_RECORD
+from mtsmart.study.spec import Job, Study
+
+SCALE = 100.0  # metrics are shown in points
+
+
+def _pm(values: list[float]) -> str:
+    s = summarise([v * SCALE for v in values])
+    return f"{s.mean:.2f} ± {s.std:.2f}" if s.n > 1 else f"{s.mean:.2f}"
+
+
+def _interval(values: dict[int, float], reference: dict[int, float]) -> str:
+    d = paired_difference({k: v * SCALE for k, v in values.items()}, {k: v * SCALE for k, v in reference.items()})
+    if d is None:
+        return "—"
+    mark = " **+**" if d.low > 0 else (" **−**" if d.high < 0 else "")
+    return f"{d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}]{mark}"
+
+
+def _minutes(study: Study, setting: str, variant: str, point: str, seeds: list[int]) -> float:
+    total = 0.0
+    for seed in seeds:
+        path = Job(setting, variant, point, seed, "", {}).folder(study.runs_dir) / RUN_RECORD
+        if path.is_file():
+            total += json.loads(path.read_text(encoding="utf-8"))["seconds"]
+    return total / 60
+
+
+def report_values(study: Study, setting: str) -> dict[str, tuple[Optional[str], dict[int, float]]]:
+    """variant → (chosen point or None, {report seed: metric})."""
+    out = {}
+    for variant in study.variants:
+        point = chosen_point(study, setting, variant)
+        out[variant] = (point, metrics_by_seed(study, setting, variant, point, study.report_seeds) if point else {})
+    return out
+
+
+def setting_markdown(study: Study, setting: str) -> tuple[list[str], float]:
+    lines, minutes = [f"### {setting}", ""], 0.0
+    if any(len(study.points(v)) > 1 for v in study.variants):
+        lines += [f"Tuning, seeds {study.tune_seeds} (the chosen point in bold):", "",
+                  "| variant | grid point | n | mean ± std |", "|---|---|---|---|"]
+        for variant in study.variants:
+            if len(study.points(variant)) == 1:
+                continue
+            chosen = chosen_point(study, setting, variant)
+            for point, _ in study.points(variant):
+                found = metrics_by_seed(study, setting, variant, point, study.tune_seeds)
+                minutes += _minutes(study, setting, variant, point, study.tune_seeds)
+                name = f"**{point}**" if point == chosen else point
+                lines.append(f"| {variant} | {name} | {len(found)} | {_pm(list(found.values())) if found else '—'} |")
+        lines.append("")
+    values = report_values(study, setting)
+    baseline = values[study.baseline][1]
+    lines += [f"Report, seeds {study.report_seeds}; Δ = seed-paired difference to {study.baseline} with its 95% "
+              "t-interval (**+** / **−**: the interval excludes 0):", "",
+              "| variant | grid point | n | mean ± std | best of 3 | Δ vs " + study.baseline + " [95% CI] | min / run |",
+              "|---|---|---|---|---|---|---|"]
+    for variant, (point, found) in values.items():
+        if point is None:
+            lines.append(f"| {variant} | (tuning unfinished) | 0 | — | — | — | — |")
+            continue
+        run_minutes = _minutes(study, setting, variant, point, study.report_seeds)
+        minutes += run_minutes
+        ordered = [found[s] for s in study.report_seeds if s in found]
+        summary = summarise([v * SCALE for v in ordered]) if ordered else None
+        best = f"{summary.best_of_3:.2f}" if summary and summary.best_of_3 is not None else "—"
+        delta = "(baseline)" if variant == study.baseline else _interval(found, baseline)
+        per_run = f"{run_minutes / len(found):.1f}" if found else "—"
+        lines.append(f"| {variant} | {point} | {len(found)} | {_pm(ordered) if ordered else '—'} | {best} | {delta} | {per_run} |")
+    for variant, reference in study.comparisons:
+        lines.append(f"| {variant} − {reference} | | | | | {_interval(values[variant][1], values[reference][1])} | |")
+    lines.append("")
+    return lines, minutes
+
+
+def markdown(study: Study) -> str:
+    lines = [f"# Study `{study.name}`", "",
+             f"Study file: `{study.path.name}`. Metric: final dev `{study.metric}` × 100 (results.json \"final\"). "
+             f"Grid points are chosen on seeds {study.tune_seeds or '—'}; reported on seeds {study.report_seeds}.", ""]
+    total = 0.0
+    for setting in study.settings:
+        block, minutes = setting_markdown(study, setting)
+        lines += block
+        total += minutes
+    lines += [f"Wall time of the finished runs, summed over runs: {total / 60:.1f} h (each run on its own worker).", ""]
+    return "\n".join(lines)
+
+
+def plot(study: Study, path: Path) -> None:
+    """One panel per setting: each variant's paired difference to the baseline with its 95% interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = list(study.settings)
+    others = [v for v in study.variants if v != study.baseline]
+    figure, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 0.45 * len(others) + 1.6), squeeze=False)
+    for axis, setting in zip(axes[0], settings):
+        values = report_values(study, setting)
+        baseline = {k: v * SCALE for k, v in values[study.baseline][1].items()}
+        for row, variant in enumerate(others):
+            d = paired_difference({k: v * SCALE for k, v in values[variant][1].items()}, baseline)
+            if d is not None:
+                colour = "tab:green" if d.low > 0 else ("tab:red" if d.high < 0 else "tab:gray")
+                axis.errorbar(d.mean, row, xerr=[[d.mean - d.low], [d.high - d.mean]], fmt="o", color=colour, capsize=3)
+        axis.axvline(0.0, color="black", linewidth=0.8)
+        axis.set_yticks(range(len(others)), others if axis is axes[0][0] else [""] * len(others))
+        axis.invert_yaxis()
+        axis.set_title(setting)
+        axis.set_xlabel(f"Δ {study.metric} vs {study.baseline} (points, 95% CI)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def write_report(study: Study) -> tuple[Path, Path]:
+    study.output_dir.mkdir(parents=True, exist_ok=True)
+    md, png = study.output_dir / "report.md", study.output_dir / "report.png"
+    md.write_text(markdown(study), encoding="utf-8")
+    plot(study, png)
+    return md, png

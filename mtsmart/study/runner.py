@@ -1,0 +1,155 @@
+"""Runs a study's training runs in N worker processes, T threads each; resumable.
+
+Order: setting by setting, the tune runs first; a variant's report runs start as soon as its
+grid point is chosen (at once for a variant without a grid). A finished run (results.json) is
+skipped; an interrupted one continues from its latest checkpoint (`train.resume=auto`); one
+that left no checkpoint starts again. Finished runs lose their checkpoints: what stays (config,
+results.json, TensorBoard events, the log) is small enough to commit, so a study can be
+continued later or elsewhere.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from mtsmart.study.results import RESULTS, chosen_point
+from mtsmart.study.spec import Job, Study
+
+RUN_CONFIG = "study_config.yaml"  # the run's config as the study built it (mtsmart train reads it)
+RUN_RECORD = "study_run.json"  # wall time and exit status, summed over resumed attempts
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class Running:
+    job: Job
+    process: subprocess.Popen
+    started: float
+    log: object
+
+
+def is_finished(folder: Path) -> bool:
+    return (folder / RESULTS).is_file()
+
+
+def has_checkpoint(folder: Path) -> bool:
+    checkpoints = folder / CHECKPOINTS
+    return checkpoints.is_dir() and any(p.name.startswith("step_") for p in checkpoints.iterdir())
+
+
+def launch(job: Job, runs_dir: Path, threads: int) -> Running:
+    folder = job.folder(runs_dir)
+    resume = has_checkpoint(folder)
+    if folder.exists() and not resume:
+        shutil.rmtree(folder)  # an attempt that left nothing to continue from: start it again
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {**job.overrides, "output_dir": str(folder)}
+    (folder / RUN_CONFIG).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    command = [sys.executable, "-m", "mtsmart", "train", str(folder / RUN_CONFIG)]
+    if resume:
+        command.append("train.resume=auto")
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    log = open(folder / "train.log", "a", encoding="utf-8")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    return Running(job, process, time.monotonic(), log)
+
+
+def record(running: Running, runs_dir: Path) -> bool:
+    """Notes the attempt's wall time and status; drops a finished run's checkpoints."""
+    running.log.close()
+    folder = running.job.folder(runs_dir)
+    path = folder / RUN_RECORD
+    previous = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"seconds": 0.0, "attempts": 0}
+    finished = is_finished(folder)
+    entry = {
+        "phase": running.job.phase,
+        "seconds": previous["seconds"] + time.monotonic() - running.started,
+        "attempts": previous["attempts"] + 1,
+        "returncode": running.process.returncode,
+        "finished": finished,
+    }
+    path.write_text(json.dumps(entry, indent=2) + "\n", encoding="utf-8")
+    if finished and (folder / CHECKPOINTS).exists():
+        shutil.rmtree(folder / CHECKPOINTS)
+    return finished
+
+
+def drop_finished_checkpoints(runs_dir: Path) -> None:
+    """Checkpoints of runs that finished while the runner was not watching (an interrupt)."""
+    if runs_dir.is_dir():
+        for results in runs_dir.glob(f"**/{RESULTS}"):
+            if (results.parent / CHECKPOINTS).exists():
+                shutil.rmtree(results.parent / CHECKPOINTS)
+
+
+class Queue:
+    """The study's runs in priority order; report runs appear once their point is chosen."""
+
+    def __init__(self, study: Study):
+        self.study = study
+        drop_finished_checkpoints(study.runs_dir)
+        self.tune = {s: [j for j in study.tune_jobs(s) if not is_finished(j.folder(study.runs_dir))] for s in study.settings}
+        self.report = {s: [(v, seed) for v in study.variants for seed in study.report_seeds] for s in study.settings}
+        self.failed: list[Job] = []
+
+    def next_ready(self) -> Optional[Job]:
+        """The first run that can start now (each run is handed out once), or None."""
+        for setting in self.study.settings:
+            if self.tune[setting]:
+                return self.tune[setting].pop(0)
+            for variant, seed in list(self.report[setting]):
+                point = chosen_point(self.study, setting, variant)
+                if point is None:
+                    continue
+                self.report[setting].remove((variant, seed))
+                job = self.study.report_job(setting, variant, point, seed)
+                if not is_finished(job.folder(self.study.runs_dir)):
+                    return job
+        return None
+
+    def remaining(self) -> int:
+        return sum(len(v) for v in self.tune.values()) + sum(len(v) for v in self.report.values())
+
+
+def run_study(study: Study, workers: int, threads: int, poll_seconds: float = 2.0) -> list[Job]:
+    """Runs every unfinished run; returns the runs that failed (the others are done)."""
+    queue, running, failed = Queue(study), [], []
+    print(f"study {study.name}: {queue.remaining()} runs to consider, {workers} workers × {threads} threads", flush=True)
+    try:
+        while True:
+            while len(running) < workers:
+                job = queue.next_ready()
+                if job is None:
+                    break
+                running.append(launch(job, study.runs_dir, threads))
+                print(f"start  {_name(job)} ({job.phase})", flush=True)
+            if not running:
+                break
+            time.sleep(poll_seconds)
+            for item in [r for r in running if r.process.poll() is not None]:
+                running.remove(item)
+                done = record(item, study.runs_dir)
+                status = "done  " if done else f"FAILED (exit {item.process.returncode}; see train.log)"
+                print(f"{status} {_name(item.job)} in {time.monotonic() - item.started:.0f} s; "
+                      f"{queue.remaining() + len(running)} left", flush=True)
+                if not done:
+                    failed.append(item.job)
+    finally:
+        for item in running:  # interrupted: stop the children; they resume from their checkpoints
+            item.process.terminate()
+            item.process.wait()
+            record(item, study.runs_dir)
+    return failed
+
+
+def _name(job: Job) -> str:
+    return f"{job.setting}/{job.variant}/{job.point}/seed_{job.seed}"
