@@ -1,0 +1,148 @@
+"""`mtsmart study`: the study file's checks, the statistics against hand computation, and a
+tiny study run end to end (tuning picks the better point; interrupted runs resume)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mtsmart.cli import main
+from mtsmart.study.results import chosen_point, paired_difference, summarise
+from mtsmart.study.runner import RUN_RECORD
+from mtsmart.study.spec import Job, StudyError, load_study
+
+TINY_BASE = {
+    "model": {"name_or_path": "tiny", "tiny_hidden_size": 32},
+    "data": {"max_seq_len": 48, "train_examples": 48},
+    "train": {"batch_size": 8, "lr": 1.0e-3, "max_steps": 3, "save_every_steps": 2},
+    "eval": {"max_examples": 32},
+    "adversarial": {"method": "none"},
+    "bregman": {"mu": 0.0},
+}
+
+
+def write_study(folder: Path, **changes) -> Path:
+    data = {
+        "name": "tiny", "metric": "avg", "baseline": "plain",
+        "seeds": {"tune": [1], "report": [2, 3]},
+        "base": TINY_BASE,
+        "settings": {"rte": {"tasks": ["rte"]}},
+        "variants": {"plain": {}, "rdrop": {"adversarial": {"method": "rdrop"}, "grid": {"adversarial.weight": [0.5, 1.0]}}},
+    }
+    data.update(changes)
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------- statistics by hand
+
+
+def test_paired_difference_is_the_t_interval_of_the_seed_differences():
+    values = {4: 0.80, 5: 0.83, 6: 0.79, 7: 0.85, 8: 0.81}
+    reference = {4: 0.78, 5: 0.80, 6: 0.79, 7: 0.82, 8: 0.80, 9: 0.5}  # seed 9 has no partner: ignored
+    d = paired_difference(values, reference)
+    diffs = [0.02, 0.03, 0.0, 0.03, 0.01]
+    mean = sum(diffs) / 5
+    sd = math.sqrt(sum((x - mean) ** 2 for x in diffs) / 4)
+    half = 2.7764451051977987 * sd / math.sqrt(5)  # Student's t, 0.975 quantile, 4 degrees of freedom
+    assert d.n == 5
+    assert d.mean == pytest.approx(mean)
+    assert (d.low, d.high) == (pytest.approx(mean - half), pytest.approx(mean + half))
+    assert paired_difference({1: 0.5}, {1: 0.4}) is None  # one pair: no interval
+
+
+def test_summary_has_the_sample_std_and_the_best_of_the_first_three():
+    s = summarise([1.0, 3.0, 2.0, 9.0])
+    assert (s.n, s.mean, s.best_of_3) == (4, 3.75, 3.0)
+    assert s.std == pytest.approx(math.sqrt(((1 - 3.75) ** 2 + (3 - 3.75) ** 2 + (2 - 3.75) ** 2 + (9 - 3.75) ** 2) / 3))
+
+
+# --------------------------------------------------------------------------- the study file
+
+
+@pytest.mark.parametrize(
+    "changes,words",
+    [
+        ({"seeds": {"tune": [1, 2], "report": [2, 3]}}, "fresh seeds"),
+        ({"seeds": {"report": [2, 3]}}, "needs tune seeds"),
+        ({"baseline": "nothing"}, "baseline"),
+        ({"colour": "red"}, "unknown key colour"),
+        ({"variants": {"plain": {"train": {"lr": "fast"}}}}, "variants.plain"),
+        ({"variants": {"plain": {"train": {"grad_clip": 1.0, "unknown": 1}}}}, "train.unknown"),
+        ({"settings": {"rte": {"output_dir": "x"}}}, "output_dir is set by the study"),
+        ({"comparisons": [["plain", "nope"]]}, "comparisons[0]"),
+    ],
+)
+def test_a_bad_study_file_is_refused_naming_the_key(tmp_path, changes, words):
+    with pytest.raises(StudyError, match=None) as error:
+        load_study(write_study(tmp_path, **changes))
+    assert words in str(error.value) and str(tmp_path / "study.yaml") in str(error.value)
+
+
+def test_the_cli_refuses_a_bad_study_in_one_line(tmp_path, capsys):
+    assert main(["study", str(write_study(tmp_path, baseline="nothing"))]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "baseline" in err
+
+
+def test_run_configs_are_base_setting_variant_point_and_seed(tmp_path):
+    study = load_study(write_study(tmp_path))
+    [first, second] = [j for j in study.tune_jobs("rte")]
+    assert first.overrides["adversarial"] == {"method": "rdrop", "weight": 0.5}
+    assert second.overrides["adversarial"] == {"method": "rdrop", "weight": 1.0}
+    assert first.overrides["train"]["seed"] == 1 and first.overrides["tasks"] == ["rte"]
+    assert first.folder(study.runs_dir) == tmp_path / "study" / "runs" / "rte" / "rdrop" / "adversarial.weight_0.5" / "seed_1"
+    assert study.tune_jobs("rte") == [first, second]  # plain has no grid: no tune runs
+
+
+def fake_result(study, variant: str, point: str, seed: int, value: float) -> None:
+    folder = Job("rte", variant, point, seed, "", {}).folder(study.runs_dir)
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"final": {"avg": value}}), encoding="utf-8")
+
+
+def test_the_chosen_point_has_the_best_tune_mean_and_waits_for_every_tune_run(tmp_path):
+    study = load_study(write_study(tmp_path, seeds={"tune": [1, 2], "report": [3]}))
+    assert chosen_point(study, "rte", "plain") == "default"
+    fake_result(study, "rdrop", "adversarial.weight_0.5", 1, 0.70)
+    fake_result(study, "rdrop", "adversarial.weight_0.5", 2, 0.60)
+    fake_result(study, "rdrop", "adversarial.weight_1.0", 1, 0.66)
+    assert chosen_point(study, "rte", "rdrop") is None
+    fake_result(study, "rdrop", "adversarial.weight_1.0", 2, 0.66)
+    assert chosen_point(study, "rte", "rdrop") == "adversarial.weight_1.0"  # 0.66 > 0.65
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_a_tiny_study_runs_reports_and_continues(tmp_path, data_root, monkeypatch, capsys):
+    monkeypatch.setenv("MTSMART_DATA", str(data_root))
+    path = write_study(tmp_path)
+    assert main(["study", str(path), "--workers", "2"]) == 0
+    study = load_study(path)
+    point = chosen_point(study, "rte", "rdrop")
+    folders = [Job("rte", v, p, s, "", {}).folder(study.runs_dir)
+               for v, p, s in [("plain", "default", 2), ("plain", "default", 3), ("rdrop", point, 2), ("rdrop", point, 3)]]
+    for folder in folders:
+        assert (folder / "results.json").is_file() and (folder / "tb").is_dir()
+        assert not (folder / "checkpoints").exists()  # never committed: dropped once the run finished
+        assert json.loads((folder / RUN_RECORD).read_text())["returncode"] == 0
+    report = (study.output_dir / "report.md").read_text()
+    assert "| plain | default | 2 |" in report and f"| rdrop | {point} | 2 |" in report
+    assert (study.output_dir / "report.png").stat().st_size > 1000
+
+    # A run that was killed after its first checkpoint continues from it; finished runs are skipped.
+    killed = folders[0]
+    (killed / "results.json").unlink()
+    capsys.readouterr()
+    assert main(["train", str(killed / "study_config.yaml"), "train.stop_after_steps=2", "train.resume=auto"]) == 0
+    assert main(["study", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("start ") == 1 and "plain/default/seed_2" in out
+    assert (killed / "config.resumed_step_2.yaml").is_file()  # it resumed, not restarted
+    assert (killed / "results.json").is_file()
