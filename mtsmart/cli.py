@@ -9,6 +9,7 @@ from typing import Optional
 from mtsmart.checkpoint import CheckpointError
 from mtsmart.config import ConfigError, load_config
 from mtsmart.data.readers import DataError
+from mtsmart.progress import final_summary
 from mtsmart.run_dir import RunDirError
 from mtsmart.study.spec import StudyError
 from mtsmart.task_spec import TaskSpecError
@@ -37,6 +38,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"stopped at step {results['stopped_at_step']} (train.stop_after_steps); resume with train.resume=auto")
         return 0
     print(" ".join(f"{k}={v:.4f}" for k, v in results["final"].items()))
+    print(final_summary(results["final"], Path(cfg.output_dir)))
     return 0
 
 

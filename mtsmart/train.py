@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ from mtsmart.io import atomic_write_json, atomic_write_text
 from mtsmart.logger import MetricLogger
 from mtsmart.model import MultiTaskModel, captured_embedding_output, load_encoder, load_tokenizer, task_output
 from mtsmart.perturbation import token_mask
+from mtsmart.progress import progress_line
 from mtsmart.run_info import run_info, seed_everything
 from mtsmart.sampler import TaskSampler
 from mtsmart.smart import SmartRegularizer
@@ -437,13 +439,8 @@ class Trainer:
         scalars.update({f"train/{key}": value for key, value in merged.items()})
         if "loss" in merged:
             scalars[f"train/{task}/loss"] = merged["loss"]
-        method = self.cfg.adversarial.method
-        if method != "none":
+        if self.cfg.adversarial.method != "none":
             scalars[f"train/adv/{task}/loss"] = merged["adv/loss"]
-        if method == "smart":  # Rs under SMART's own names
-            scalars["train/smart/reg"] = merged["adv/loss"]
-            scalars[f"train/smart/{task}/reg"] = merged["adv/loss"]
-            scalars["train/smart/delta_norm"] = merged["adv/delta_norm"]
         if self.bregman.enabled:
             scalars[f"train/bregman/{task}/reg"] = merged["bregman/reg"]
         return scalars
@@ -451,17 +448,23 @@ class Trainer:
     def flush_logs(self, meter: "ScalarMeter", examples: int, seconds: float) -> None:
         scalars = meter.means()
         scalars["train/examples_per_s"] = examples / max(seconds, 1e-9)
-        if self.cfg.adversarial.method == "smart":
-            scalars["train/smart/skipped"] = float(self.adversary.regularizer.skipped_total)
         if self.bregman.enabled:
             scalars["train/bregman/beta"] = self.bregman.beta
             scalars["train/bregman/teacher_distance"] = self.bregman.teacher_student_distance()
         self.logger.log_dict(scalars, self.state.step)
+        if self.plain_progress:
+            print(progress_line(self.state.step, self.total_steps, scalars.get("train/loss"),
+                                scalars["train/examples_per_s"], time.perf_counter() - self.fit_started,
+                                self.state.step - self.fit_start_step), flush=True)
 
     # ----------------------------------------------------------------- the loop
 
     def fit(self) -> dict:
         from tqdm.auto import tqdm
+
+        # tqdm draws a bar on a terminal only; elsewhere (a file, a cluster log) plain lines.
+        self.plain_progress = self.world.is_main and not sys.stdout.isatty()
+        self.fit_started, self.fit_start_step = time.perf_counter(), self.state.step
 
         progress = tqdm(
             total=self.total_steps, initial=self.state.step, disable=None if self.world.is_main else True,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -88,21 +89,33 @@ def test_train_mt_script_smoke_config(tmp_path, data_root):
     out = tmp_path / "smoke"
     env = {**os.environ, "MTSMART_DATA": str(data_root), "MTSMART_VENV": sys.prefix}
     started = time.perf_counter()
-    result = subprocess.run(
-        ["bash", "scripts/train_mt.sh", "scripts/configs/smoke.yaml", f"output_dir={out}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-    )
+    log = tmp_path / "stdout.txt"  # stdout to a file, as under nohup or a cluster scheduler
+    with open(log, "w", encoding="utf-8") as handle:
+        result = subprocess.run(
+            ["bash", "scripts/train_mt.sh", "scripts/configs/smoke.yaml", f"output_dir={out}"],
+            cwd=REPO, env=env, stdout=handle, stderr=subprocess.PIPE, text=True, timeout=600,
+        )
     elapsed = time.perf_counter() - started
     assert result.returncode == 0, result.stderr[-3000:]
+    printed = log.read_text(encoding="utf-8")
+    # A plain progress line every train.log_every_steps (5 in smoke.yaml), then the final table.
+    for step in (5, 10, 30):
+        assert re.search(rf"^step {step}/30 \(\d+%\) \| loss [0-9.]+ \| [0-9.]+ examples/s \| elapsed \S+ \| eta \S+$",
+                         printed, re.MULTILINE), printed
+    assert re.search(r"^rte\s+accuracy\s+[0-9.]+$", printed, re.MULTILINE), printed
+    assert re.search(r"^stsb\s+spearman\s+[0-9.]+$", printed, re.MULTILINE), printed
+    assert f"run directory: {out}" in printed and f"tensorboard --logdir {out / 'tb'}" in printed
     results = json.loads((out / "results.json").read_text())
     expected = {"rte/accuracy", "stsb/pearson", "stsb/spearman", "avg"}
     assert expected <= results["final"].keys() and expected <= results["best"].keys()
     tags = scalars(out)
     for tag in ("eval/rte/accuracy", "eval/stsb/pearson", "eval/stsb/spearman", "eval/avg", "train/loss",
                 "train/rte/loss", "train/stsb/loss", "train/lr", "train/grad_norm", "train/examples_per_s",
-                "train/smart/reg", "train/smart/delta_norm", "train/smart/skipped", "train/bregman/reg",
-                "train/bregman/beta", "train/bregman/teacher_distance", "train/adv/loss"):
+                "train/adv/loss", "train/adv/rte/loss", "train/adv/delta_norm", "train/adv/embed_norm",
+                "train/adv/skipped", "train/bregman/reg", "train/bregman/rte/reg", "train/bregman/beta",
+                "train/bregman/teacher_distance"):
         assert tag in tags, f"{tag} missing from TensorBoard; have {sorted(tags)}"
+    assert not [tag for tag in tags if tag.startswith("train/smart/")]  # one name per quantity: train/adv/*
     # The events hold what results.json says (read back, not trusted from the writer).
     last_step, last_avg = tags["eval/avg"][-1]
     assert last_avg == pytest.approx(results["final"]["avg"], rel=1e-6)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from mtsmart.run_dir import LoadedRun, load_run
+from mtsmart.tables import table  # noqa: F401  (the commands print with it)
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,11 +15,3 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def open_run(args: argparse.Namespace) -> LoadedRun:
     return load_run(args.run, args.checkpoint, args.data_root)
-
-
-def table(rows: list[list[str]]) -> str:
-    """Left-aligned columns, the first row a header."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)

@@ -14,7 +14,7 @@ def _default_root() -> str:
 @dataclass
 class DataConfig:
     root: str = field(default_factory=_default_root)  # folder holding glue/, snli/, scitail/, hf/
-    source: Literal["local", "hub"] = "local"  # local files under root, or datasets.load_dataset
+    source: Literal["auto", "local", "hub"] = "auto"  # auto: local files under root when there, else the Hugging Face hub
     max_seq_len: int = 128  # tokens, pair included; longer inputs are truncated
     train_fraction: float = 1.0  # keep a seed-deterministic fraction of each training set
     train_examples: int = 0  # keep this many seed-chosen examples of each training set (0 = all; not with train_fraction)

@@ -55,7 +55,37 @@ def read_split(spec: TaskSpec, split: str, cfg: DataConfig) -> list[Example]:
         return read_local(spec, split, Path(cfg.root))
     if cfg.source == "hub":
         return read_hub(spec, split, Path(cfg.root))
-    raise DataError(f"data.source: {cfg.source!r} is not one of ('local', 'hub')")
+    if cfg.source == "auto":
+        return read_auto(spec, split, Path(cfg.root))
+    raise DataError(f"data.source: {cfg.source!r} is not one of ('auto', 'local', 'hub')")
+
+
+def read_auto(spec: TaskSpec, split: str, root: Path) -> list[Example]:
+    """The task's local files under `root` when they are there, else the Hugging Face hub (its
+    parquet copy under root when present, else `datasets.load_dataset`, cached as datasets caches)."""
+    local = local_split_file(spec, split, root)
+    if local is not None and local.is_file():
+        return read_local(spec, split, root)
+    if not spec.hub:
+        return read_local(spec, split, root)  # no hub source: the local reader names the missing file
+    try:
+        return read_hub(spec, split, root)
+    except DataError as error:
+        where = f"no local file {local}" if local is not None else "no local files declared"
+        raise DataError(
+            f"task {spec.name!r}, split {split!r}: {where} (set data.root or $MTSMART_DATA to the folder "
+            f"holding {spec.local.get('dir', 'it')}/), and the Hugging Face hub did not provide it either: {error}"
+        ) from None
+
+
+def local_split_file(spec: TaskSpec, split: str, root: Path) -> Optional[Path]:
+    """The file that holds a split locally (the text_a file of the `lines` format), or None."""
+    files = spec.local.get("files", {}) if spec.local else {}
+    if split not in files or "dir" not in spec.local:
+        return None
+    entry = files[split]
+    name = entry.get("text_a") if isinstance(entry, dict) else entry
+    return root / spec.local["dir"] / name if name else None
 
 
 # ---------------------------------------------------------------- labels
