@@ -51,7 +51,7 @@ class TrainConfig:
     max_steps: int = 0  # optimizer steps; 0 = derive from epochs
     warmup_ratio: float = 0.1  # fraction of steps of linear warm-up, then linear decay to 0
     grad_clip: float = 1.0  # max global gradient l2 norm; 0 = no clipping
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype (fp16 uses a GradScaler)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # autocast dtype; auto: bf16 where the GPU/CPU computes it natively, else fp32 (fp16 uses a GradScaler)
     seed: int = 42  # seeds weights of the heads, dropout, the task sampler and every loader
     log_every_steps: int = 10  # TensorBoard scalars every this many steps
     save_every_steps: int = 0  # write a checkpoint every this many steps (0 = only at the end)

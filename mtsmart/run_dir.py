@@ -26,6 +26,7 @@ from mtsmart.config import Config, load_config
 from mtsmart.model import TINY, MultiTaskModel, load_encoder, load_tokenizer, resolve_pretrained_path
 from mtsmart.task_spec import TaskSpec
 from mtsmart.evaluate import EvalSet
+from mtsmart.precision import resolve_precision
 from mtsmart.train import autocast_factory, build_eval_sets, device_of, load_run_specs
 
 
@@ -116,7 +117,7 @@ def load_run(
         tokenizer=tokenizer,
         model=model,
         device=device,
-        autocast=autocast_factory(cfg.train.precision, device),
+        autocast=autocast_factory(resolve_precision(cfg.train.precision, device)[0], device),
     )
 
 

@@ -129,7 +129,9 @@ def smart_regularizer(
     """
     if cfg.weight == 0:
         return _off(embeds.device)  # λs = 0: plain fine-tuning, no forward or backward
-    x = embeds.detach()
+    # The ascent in float32 whatever the autocast dtype (the embedding output is bf16 under CPU
+    # autocast): a bf16 δ would round away η·g̃ and normalise g in 8 bits.
+    x = embeds.detach().float()
     embed_norm = _mean_unit_norm(x, cfg, mask)
     radius = unit_radius(x, cfg.epsilon, cfg.epsilon_relative, cfg.norm, cfg.level)
     delta = _initial_noise(x, cfg.noise_std, mask, generator)  # ν ~ N(0, σ² I)
@@ -230,6 +232,26 @@ def _divergence(key: str, choice: str, task_type_name: str) -> Divergence:
     return get_divergence(name)
 
 
+def warn_if_below_resolution(cfg: SmartConfig, embeds: torch.Tensor) -> bool:
+    """Under bf16/fp16 autocast, warn when σ and η are below the spacing of the low-precision
+    numbers around x: the encoder's first matrix product rounds x + δ back to x (or to x plus one
+    rounding step), so the ascent starts from a zero or rounding-noise gradient and Rs measures
+    rounding, not smoothness (docs/gpu.md). Returns whether it checked (once per run is enough)."""
+    device_type = embeds.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return False
+    dtype = torch.get_autocast_dtype(device_type)
+    scale = float(embeds.detach().float().pow(2).mean().sqrt())  # typical |x| per coordinate
+    spacing = scale * torch.finfo(dtype).eps  # the low-precision spacing at that magnitude
+    if max(cfg.noise_std, cfg.step_size) < spacing:
+        log.warning(
+            "SMART under %s autocast: σ = %g and η = %g are below the %s spacing (≈ %.1e) of the perturbed tensor "
+            "(|x| ≈ %.2g), so the perturbation is rounded away or to noise; use train.precision=fp32 for this "
+            "reading (docs/gpu.md)", dtype, cfg.noise_std, cfg.step_size, dtype, spacing, scale,
+        )
+    return True
+
+
 # --------------------------------------------------------------------------- the object the loop calls
 
 
@@ -246,6 +268,7 @@ class SmartRegularizer:
         self.cfg = cfg
         self.calls_total = 0  # steps that computed the term
         self.skipped_total = 0  # of those, steps skipped for a non-finite value
+        self.warned_resolution = False
 
     def check_task_types(self, task_type_names: Iterable[str]) -> None:
         """Refuse divergences that do not fit a task type, before training starts."""
@@ -267,6 +290,8 @@ class SmartRegularizer:
         if self.cfg.weight == 0:
             return _off(embeds.device)  # λs = 0: nothing to build, nothing to count
         inner, outer = divergences_for(self.cfg, task_type_name)
+        if not self.warned_resolution:
+            self.warned_resolution = warn_if_below_resolution(self.cfg, embeds)
         result = smart_regularizer(
             self._forward(model, batch, clean_rng),
             embeds,

@@ -38,6 +38,7 @@ from mtsmart.io import atomic_write_json, atomic_write_text
 from mtsmart.logger import MetricLogger
 from mtsmart.model import MultiTaskModel, captured_embedding_output, load_encoder, load_tokenizer, task_output
 from mtsmart.perturbation import token_mask
+from mtsmart.precision import resolve_precision
 from mtsmart.progress import progress_line
 from mtsmart.run_info import run_info, seed_everything
 from mtsmart.sampler import TaskSampler
@@ -75,6 +76,8 @@ def device_of() -> torch.device:
 def autocast_factory(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
     if precision == "fp32":
         return contextlib.nullcontext
+    if precision not in ("bf16", "fp16"):
+        raise ValueError(f"autocast_factory: precision {precision!r} is not fp32, bf16 or fp16 (resolve auto first)")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
@@ -260,6 +263,10 @@ class Trainer:
 
     def __init__(self, cfg: Config, command_line: Optional[list[str]] = None):
         self.world, self.device = distributed.setup()
+        # Resolved before anything is compared or written: config.yaml records what ran.
+        cfg.train.precision, why = resolve_precision(cfg.train.precision, self.device)
+        if self.world.is_main:
+            print(f"precision: {cfg.train.precision} ({why})", flush=True)
         validate(cfg, self.world.world_size)
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
@@ -330,6 +337,7 @@ class Trainer:
         suffix = "" if self.resume_from is None else f".resumed_step_{self.state.step}"
         save_config(self.cfg, self.out / f"config{suffix}.yaml")
         info = {**run_info(self.cfg, command_line), "world_size": self.world.world_size,
+                "precision": self.cfg.train.precision,
                 "malloc_keeps_freed_memory": self.keeps_freed_memory}
         if self.resume_from is not None:
             info["resumed_from"] = str(self.resume_from)

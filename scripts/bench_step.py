@@ -3,6 +3,7 @@
     python scripts/bench_step.py              # packaged MiniLM, batch 16 × 128 tokens, CPU, 2 threads
     python scripts/bench_step.py --quick      # tiny random BERT: a smoke run of the script
     python scripts/bench_step.py --only methods --methods fgm,pgd-k3   # a subset of the methods
+    python scripts/bench_step.py --precision both   # fp32 and bf16 autocast side by side, with speed-ups
 
 A step = forward + losses + backward + AdamW step, on one fixed batch, in one process. Every
 variant gets --warmup untimed runs, then --repeats rounds time each variant once in turn
@@ -79,6 +80,7 @@ METHODS: dict[str, tuple[dict, str]] = {
     "gradient_penalty": (  # math attention kernel; the final backward also runs through the Bx graph
         {"method": "gradient_penalty"}, "1 F + 1 Bx (create_graph) + 1 double backward"),
     "r3f": ({"method": "r3f"}, "2 F + 2 Bθ"),
+    "rdrop": ({"method": "rdrop"}, "2 F + 2 Bθ"),
     "smart-k1": ({"method": "smart"}, "3 F + 1 Bx + 2 Bθ"),  # SmartConfig(): K = 1
     "fgm-matrix": ({"method": "fgm", "scope": "matrix"}, "2 F + 2 Bθ"),  # ∇_W read in the clean backward
     "pgd-k3-matrix": ({"method": "pgd", "scope": "matrix", "steps": 3}, "4 F + 2 Bx + 2 Bθ"),
@@ -97,6 +99,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--glibc-malloc-defaults", action="store_true",
                         help="leave glibc's malloc as it is; by default the script keeps freed memory "
                              "as the trainer does (train.keep_freed_memory, mtsmart/allocator.py)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "both"), default="fp32",
+                        help="autocast of every variant; both: each variant in fp32 and bf16, interleaved in the "
+                             "same rounds, reported per precision and as bf16/fp32 speed-ups")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds (>= 3)")
     parser.add_argument("--only", choices=("smart", "methods"), default=None,
@@ -227,7 +232,8 @@ def fwd_bwd_params(model, batch) -> Callable[[], None]:
 
 
 def method_step(model, batch, optimizer, method: str) -> Callable[[], None]:
-    """One optimizer step of `method` exactly as the trainer takes it (one micro-batch, fp32)."""
+    """One optimizer step of `method` exactly as the trainer takes it (one micro-batch; the
+    precision is the caller's autocast, see `in_precision`)."""
     adversary = build_adversary(AdversarialConfig(**METHODS[method][0]), SmartConfig())
     # mu = 0: no teacher, no Bregman term; the wrapper only steps the shared AdamW.
     bregman = BregmanProximal(optimizer, model, BregmanConfig(mu=0.0), total_updates=1)
@@ -348,6 +354,36 @@ def smart_suite(model, batch, optimizer) -> tuple[dict[str, Callable[[], None]],
     return variants, peer is not None
 
 
+PRECISIONS = {"fp32": contextlib.nullcontext, "bf16": lambda: torch.autocast("cpu", dtype=torch.bfloat16)}
+
+
+def in_precision(run: Callable[[], None], precision: str) -> Callable[[], None]:
+    """The variant under the precision's autocast, as the trainer runs a step."""
+    autocast = PRECISIONS[precision]
+
+    def wrapped() -> None:
+        with autocast():
+            run()
+
+    return wrapped
+
+
+def split_by_precision(samples: dict[str, list[float]], precisions: list[str]) -> dict[str, dict[str, list[float]]]:
+    """{precision: {variant: times}} from names suffixed ` [fp32]` / ` [bf16]`."""
+    return {p: {name[: -len(f" [{p}]")]: times for name, times in samples.items() if name.endswith(f" [{p}]")}
+            for p in precisions}
+
+
+def report_speedups(by_precision: dict[str, dict[str, list[float]]]) -> None:
+    """bf16 / fp32 speed-up of every variant: fp32 time over bf16 time, per round (the two ran in
+    the same round), median over rounds; in brackets the ratio of medians."""
+    fp32, bf16 = by_precision["fp32"], by_precision["bf16"]
+    print("bf16 speed-up over fp32 (median of per-round fp32/bf16; in brackets: ratio of the medians):")
+    for name in fp32:
+        paired = statistics.median(f / b for f, b in zip(fp32[name], bf16[name]))
+        print(f"  {name:40s} {paired:.2f}x   ({statistics.median(fp32[name]) / statistics.median(bf16[name]):.2f}x)")
+
+
 def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -370,6 +406,9 @@ def main() -> None:
     if args.only in (None, "methods"):
         variants.update({method_variant(m): method_step(model, batch, optimizer, m) for m in methods})
 
+    precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
+    variants = {f"{name} [{p}]": in_precision(run, p) for name, run in variants.items() for p in precisions}
+
     model_name = "tiny random BERT" if args.quick else "packaged MiniLM (all-MiniLM-L6-v2)"
     print(f"{model_name}, batch {args.batch_size} x {args.seq_len}, CPU, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {'CPU' if args.cpu_time else 'wall'} time, "
@@ -379,10 +418,15 @@ def main() -> None:
     start = time.perf_counter()
     samples = timed(variants, args.warmup, args.repeats, time.process_time if args.cpu_time else time.perf_counter)
     print(f"load average (1, 5, 15 min) after: {load_average()}; timing took {time.perf_counter() - start:.0f} s")
-    if args.only in (None, "smart"):
-        report({name: samples[name] for name in smart_names}, has_peer)
-    if args.only in (None, "methods"):
-        report_methods(samples, methods)
+    by_precision = split_by_precision(samples, precisions)
+    for precision, times in by_precision.items():
+        print(f"==== {precision} ====")
+        if args.only in (None, "smart"):
+            report({name: times[name] for name in smart_names}, has_peer)
+        if args.only in (None, "methods"):
+            report_methods(times, methods)
+    if len(precisions) == 2:
+        report_speedups(by_precision)
 
 
 if __name__ == "__main__":

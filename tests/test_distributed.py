@@ -62,6 +62,7 @@ def args_for(no_dropout: tuple[Path, Path], out: Path) -> list[str]:
         f"model.name_or_path={encoder}", "model.tokenizer=minilm", f"tasks_dir={tasks}", "tasks=[rte,stsb]",
         "data.max_seq_len=40", "train.batch_size=8", "train.lr=1e-3", "train.max_steps=4", "train.warmup_ratio=0",
         "train.log_every_steps=2", "eval.max_examples=48", "eval.batch_size=16", f"output_dir={out}",
+        "train.precision=fp32",  # equal within float32 rounding: not under bf16 autocast
     ]
 
 
