@@ -12,6 +12,8 @@ steps:
                           with mtsmart's own optimizer (build_optimizer: fused AdamW)
   Trainer ...             transformers.Trainer, AutoModelForSequenceClassification (num_labels=2),
                           DataCollatorWithPadding (dynamic padding), default optimizer (fused AdamW)
+  Trainer + mtsmart.hf    the same Trainer as mtsmart.hf.SmartTrainer: SMART's Rs (paper values, K = 1, no teacher)
+                          by mtsmart's own training step (docs/hf_trainer.md)
   Trainer + SMARTLoss     the same, with smart-pytorch 0.0.4's SMARTLoss added in compute_loss as its
                           README wraps a BERT classifier, but fed the word-embedding output x as
                           inputs_embeds (the README feeds the full embedding output: SMART.md §4.2)
@@ -249,7 +251,7 @@ def hf_model(setting: Setting, vocab_size: int):
 
 
 def hf_trainer_classes(clock_of: Callable[[], StepClock]):
-    """(Trainer that counts batches, the same with SMARTLoss, the callback that stamps steps)."""
+    """({kind: Trainer class}: plain, with SMARTLoss, mtsmart.hf's SmartTrainer; the callback that stamps steps)."""
     import torch.nn.functional as F
     from transformers import Trainer as HFTrainer, TrainerCallback
 
@@ -280,20 +282,35 @@ def hf_trainer_classes(clock_of: Callable[[], StepClock]):
             loss = F.cross_entropy(state, inputs["labels"]) + README_SMART_WEIGHT * smart(embed, state)
             return (loss, state) if return_outputs else loss
 
+    from mtsmart.bregman import BregmanConfig
+    from mtsmart.hf import SmartTrainer
+    from mtsmart.smart import SmartConfig
+
+    class MtsmartHfTrainer(SmartTrainer):
+        """mtsmart.hf.SmartTrainer with SMART's Rs at the paper's values, no teacher (as SMARTLoss)."""
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs, smart=SmartConfig(steps=1), bregman=BregmanConfig(mu=0.0))
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            clock_of().batch(inputs["input_ids"])
+            return super().training_step(model, inputs, num_items_in_batch)
+
     class StepStamps(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             clock_of().step_end()
 
-    return CountingTrainer, SmartLossTrainer, StepStamps
+    return {"plain": CountingTrainer, "smartloss": SmartLossTrainer, "mtsmart.hf": MtsmartHfTrainer}, StepStamps
 
 
-def run_hf(setting: Setting, seed: int, smart: bool, group_by_length: bool, tokenizer, dataset: list[dict]) -> Measurement:
+def run_hf(setting: Setting, seed: int, kind: str, group_by_length: bool, tokenizer, dataset: list[dict]) -> Measurement:
+    """One Trainer run; kind: plain, smartloss (smart-pytorch) or mtsmart.hf (SmartTrainer)."""
     import transformers
     from transformers import DataCollatorWithPadding, PrinterCallback, TrainingArguments
 
     transformers.logging.set_verbosity_error()  # its load report of the new classifier head, each round
     clock = StepClock(setting.warmup)
-    counting, smart_loss, stamps = hf_trainer_classes(lambda: clock)
+    classes, stamps = hf_trainer_classes(lambda: clock)
     with tempfile.TemporaryDirectory(prefix="bench_throughput_hf_") as tmp:
         args = TrainingArguments(
             output_dir=tmp,
@@ -316,8 +333,7 @@ def run_hf(setting: Setting, seed: int, smart: bool, group_by_length: bool, toke
             train_sampling_strategy="group_by_length" if group_by_length else "random",
         )
         torch.manual_seed(seed)  # the classifier's initialisation, as mtsmart seeds its heads
-        trainer_class = smart_loss if smart else counting
-        trainer = trainer_class(
+        trainer = classes[kind](
             model=hf_model(setting, len(tokenizer)),
             args=args,
             train_dataset=dataset,
@@ -382,19 +398,22 @@ def contenders(setting: Setting, like_for_like: bool, unfused_adamw: bool) -> di
 
         tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained_path("minilm"))  # also the tiny model's
         dataset = hf_dataset(setting, tokenizer)
-        runs["Trainer"] = Contender(lambda seed: run_hf(setting, seed, False, False, tokenizer, dataset), "Trainer random")
+        runs["Trainer"] = Contender(lambda seed: run_hf(setting, seed, "plain", False, tokenizer, dataset), "Trainer random")
         runs["Trainer, group_by_length"] = Contender(
-            lambda seed: run_hf(setting, seed, False, True, tokenizer, dataset), "Trainer grouped")
+            lambda seed: run_hf(setting, seed, "plain", True, tokenizer, dataset), "Trainer grouped")
     runs["mtsmart SMART"] = Contender(lambda seed: run_mtsmart(setting, seed, SMART + GROUPED), "mtsmart grouped")
     if like_for_like:
         runs["mtsmart SMART, random batches"] = Contender(lambda seed: run_mtsmart(setting, seed, SMART + RANDOM),
                                                           "mtsmart random")
     if has_trainer and has_smart:
         runs["Trainer + SMARTLoss"] = Contender(
-            lambda seed: run_hf(setting, seed, True, False, tokenizer, dataset), "Trainer random")
+            lambda seed: run_hf(setting, seed, "smartloss", False, tokenizer, dataset), "Trainer random")
         if like_for_like:
             runs["Trainer + SMARTLoss, group_by_length"] = Contender(
-                lambda seed: run_hf(setting, seed, True, True, tokenizer, dataset), "Trainer grouped")
+                lambda seed: run_hf(setting, seed, "smartloss", True, tokenizer, dataset), "Trainer grouped")
+    if has_trainer:
+        runs["Trainer + mtsmart.hf"] = Contender(
+            lambda seed: run_hf(setting, seed, "mtsmart.hf", False, tokenizer, dataset), "Trainer random")
     runs["mtsmart full SMART"] = Contender(lambda seed: run_mtsmart(setting, seed, FULL + GROUPED), "mtsmart grouped")
     if unfused_adamw:
         runs["mtsmart plain, unfused AdamW"] = Contender(
@@ -426,6 +445,7 @@ RATIOS = (  # (faster, slower, note): examples/s of the first over the second
     ("mtsmart SMART", "Trainer + SMARTLoss", "target >= 1.2"),
     ("mtsmart SMART, random batches", "Trainer + SMARTLoss", "like for like: both random batches"),
     ("mtsmart SMART", "Trainer + SMARTLoss, group_by_length", "like for like: both grouped"),
+    ("Trainer + mtsmart.hf", "Trainer + SMARTLoss", "like for like: the same Trainer, batches and precision"),
     ("mtsmart plain", "mtsmart SMART", "= SMART step time / plain step time"),
     ("mtsmart plain", "mtsmart full SMART", "= full SMART step time / plain step time, target <= 3.2"),
     ("mtsmart plain", "mtsmart plain, unfused AdamW", "fused AdamW alone"),

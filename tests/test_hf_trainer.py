@@ -196,3 +196,46 @@ def test_a_short_run_learns_and_logs_the_regularisers(tmp_path):
     assert logs[-1]["loss"] < 0.6 * logs[0]["loss"], json.dumps(logs)
     assert {"adv/loss", "adv/delta_norm", "bregman/reg", "bregman/beta"} <= logs[-1].keys()
     assert all(entry["adv/loss"] >= 0 for entry in logs)
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun_keep_students_and_teachers_equal(tmp_path):
+    """Gloo on the CPU: the regularisers' extra forwards run through DDP; after 8 steps both
+    ranks hold the same student and the same teacher, which moved 8 times."""
+    script = tmp_path / "train_ddp.py"
+    script.write_text(SCRIPT.replace("logging_steps=2)", "logging_steps=2, ddp_find_unused_parameters=True)") + textwrap.dedent('''
+        import torch.distributed as dist
+        flat = lambda module: torch.cat([p.detach().flatten() for p in module.parameters()])
+        for name, module in (("student", trainer.model), ("teacher", trainer.bregman.teacher)):
+            mine, gathered = flat(module), [torch.zeros_like(flat(module)) for _ in range(2)]
+            dist.all_gather(gathered, mine)
+            assert torch.equal(gathered[0], gathered[1]), name
+        assert dist.get_world_size() == 2 and trainer.bregman.updates == 8
+        print("ranks agree")
+    '''), encoding="utf-8")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(script), str(tmp_path / "out")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("ranks agree") == 2
+
+
+@pytest.mark.slow
+def test_the_documented_example_script_runs(tmp_path, data_root, tiny_tokenizer):
+    """examples/hf_trainer_glue.py (docs/hf_trainer.md) on RTE from the hub's parquet files, with a
+    tiny classifier saved as a model folder."""
+    folder = tmp_path / "tiny_model"
+    torch.manual_seed(0)
+    BertForSequenceClassification(BertConfig(
+        vocab_size=tiny_tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=128, num_labels=2)).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, str(repo / "examples" / "hf_trainer_glue.py"), "--task", "rte", "--model", str(folder),
+         "--parquet-dir", str(data_root / "hf" / "glue" / "rte"), "--max-steps", "2", "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "'eval_accuracy'" in result.stdout
+    assert (tmp_path / "run" / "checkpoint-2" / STATE_FILE).is_file()

@@ -1,0 +1,83 @@
+"""Fine-tune a Hugging Face classifier on a GLUE task with SMART and its Bregman teacher,
+through the Hugging Face Trainer (docs/hf_trainer.md).
+
+    python examples/hf_trainer_glue.py --task rte --model bert-base-uncased --out runs/hf_rte
+    python examples/hf_trainer_glue.py --task stsb --model roberta-base --out runs/hf_stsb --bf16
+    python examples/hf_trainer_glue.py --task rte --model minilm --parquet-dir ../shared/data/hf/glue/rte  # offline
+
+The data comes from the hub (`nyu-mll/glue`), or from a folder of the hub's parquet files
+(--parquet-dir). The two SMART lines are marked below; everything else is a plain Trainer script.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from datasets import load_dataset
+from scipy.stats import pearsonr
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, TrainingArguments
+
+from mtsmart.bregman import BregmanConfig
+from mtsmart.hf import SmartTrainer  # SMART line 1
+from mtsmart.model import resolve_pretrained_path
+from mtsmart.smart import SmartConfig
+
+TEXT_KEYS = {"rte": ("sentence1", "sentence2"), "mrpc": ("sentence1", "sentence2"), "stsb": ("sentence1", "sentence2"),
+             "sst2": ("sentence", None), "cola": ("sentence", None), "qnli": ("question", "sentence")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=sorted(TEXT_KEYS), default="rte")
+    parser.add_argument("--model", default="minilm", help="hub id or folder (minilm: the packaged all-MiniLM-L6-v2)")
+    parser.add_argument("--parquet-dir", type=Path, default=None, help="the hub's parquet files of the task, offline")
+    parser.add_argument("--out", default="runs/hf_trainer")
+    parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--max-steps", type=int, default=-1)
+    parser.add_argument("--bf16", action="store_true")
+    args = parser.parse_args()
+
+    if args.parquet_dir is None:
+        raw = load_dataset("nyu-mll/glue", args.task)
+    else:
+        files = {split: str(next(args.parquet_dir.glob(f"{split}-*.parquet"))) for split in ("train", "validation")}
+        raw = load_dataset("parquet", data_files=files)
+    regression = args.task == "stsb"
+    model_path = resolve_pretrained_path(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    first, second = TEXT_KEYS[args.task]
+
+    def encode(rows):
+        texts = (rows[first],) if second is None else (rows[first], rows[second])
+        return tokenizer(*texts, truncation=True, max_length=128)
+
+    data = raw.map(encode, batched=True)
+    if regression:
+        data = data.map(lambda row: {"label": float(row["label"])})
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_path, num_labels=1 if regression else raw["train"].features["label"].num_classes)
+
+    def metrics(prediction):
+        logits, labels = prediction
+        if regression:
+            return {"pearson": float(pearsonr(logits.squeeze(-1), labels)[0])}
+        return {"accuracy": float((np.argmax(logits, -1) == labels).mean())}
+
+    training = TrainingArguments(
+        output_dir=args.out, num_train_epochs=args.epochs, max_steps=args.max_steps, learning_rate=2e-5,
+        per_device_train_batch_size=32, per_device_eval_batch_size=64, warmup_steps=0.1, weight_decay=0.01,
+        eval_strategy="epoch", save_strategy="epoch", logging_steps=20, bf16=args.bf16, report_to="tensorboard",
+        train_sampling_strategy="group_by_length",
+    )
+    trainer = SmartTrainer(  # SMART line 2: the Trainer's arguments, plus SMART's and the teacher's
+        model=model, args=training, train_dataset=data["train"], eval_dataset=data["validation"],
+        data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer, compute_metrics=metrics,
+        smart=SmartConfig(weight=1.0), bregman=BregmanConfig(mu=1.0),
+    )
+    trainer.train()
+    print(trainer.evaluate())
+
+
+if __name__ == "__main__":
+    main()
