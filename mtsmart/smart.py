@@ -238,7 +238,9 @@ def warn_if_below_resolution(cfg: SmartConfig, embeds: torch.Tensor) -> bool:
     rounding step), so the ascent starts from a zero or rounding-noise gradient and Rs measures
     rounding, not smoothness (docs/gpu.md). Returns whether it checked (once per run is enough)."""
     device_type = embeds.device.type
-    if not torch.is_autocast_enabled(device_type):
+    if not torch.is_autocast_enabled(device_type) or cfg.dropout == "independent":
+        # With independent masks the ascent gradient comes from the dropout difference, and Rs is
+        # mostly a dropout-consistency term that rounding does not remove (docs/method.md).
         return False
     dtype = torch.get_autocast_dtype(device_type)
     scale = float(embeds.detach().float().pow(2).mean().sqrt())  # typical |x| per coordinate

@@ -75,6 +75,8 @@ def test_summary_has_the_sample_std_and_the_best_of_the_first_three():
         ({"variants": {"plain": {"train": {"grad_clip": 1.0, "unknown": 1}}}}, "train.unknown"),
         ({"settings": {"rte": {"output_dir": "x"}}}, "output_dir is set by the study"),
         ({"comparisons": [["plain", "nope"]]}, "comparisons[0]"),
+        ({"robustness": {"setting": "rte", "variants": ["nope"]}}, "robustness.variants"),
+        ({"robustness": {"setting": "mnli", "variants": ["plain"]}}, "robustness.setting"),
     ],
 )
 def test_a_bad_study_file_is_refused_naming_the_key(tmp_path, changes, words):
@@ -122,7 +124,8 @@ def test_the_chosen_point_has_the_best_tune_mean_and_waits_for_every_tune_run(tm
 @pytest.mark.slow
 def test_a_tiny_study_runs_reports_and_continues(tmp_path, data_root, monkeypatch, capsys):
     monkeypatch.setenv("MTSMART_DATA", str(data_root))
-    path = write_study(tmp_path)
+    plan = {"setting": "rte", "variants": ["plain"], "args": ["--max-examples", "8", "--attack-steps", "1", "--radii", "1e-2"]}
+    path = write_study(tmp_path, robustness=plan)
     assert main(["study", str(path), "--workers", "2"]) == 0
     study = load_study(path)
     point = chosen_point(study, "rte", "rdrop")
@@ -132,7 +135,10 @@ def test_a_tiny_study_runs_reports_and_continues(tmp_path, data_root, monkeypatc
         assert (folder / "results.json").is_file() and (folder / "tb").is_dir()
         assert not (folder / "checkpoints").exists()  # never committed: dropped once the run finished
         assert json.loads((folder / RUN_RECORD).read_text())["returncode"] == 0
+    for folder in folders:  # measured on the plain report runs, before their checkpoints went
+        assert (folder / "robustness.json").is_file() == ("plain" in str(folder))
     report = (study.output_dir / "report.md").read_text()
+    assert "### Smoothness after training (rte" in report and "| plain | rte | 0.01 | 2 |" in report
     assert "| plain | default | 2 |" in report and f"| rdrop | {point} | 2 |" in report
     assert (study.output_dir / "report.png").stat().st_size > 1000
 

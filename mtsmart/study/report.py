@@ -84,6 +84,42 @@ def setting_markdown(study: Study, setting: str) -> tuple[list[str], float]:
     return lines, minutes
 
 
+def robustness_markdown(study: Study) -> list[str]:
+    """Per variant and radius: the attack's ℓs and the robust metric, mean ± std over report seeds."""
+    plan = study.robustness
+    if plan is None:
+        return []
+    lines = [f"### Smoothness after training ({plan.setting}, `mtsmart robustness {' '.join(plan.args)}`)", "",
+             "ℓs under a PGD attack on the embeddings within ε (lower = smoother) and the task metric under the "
+             "attack, mean ± std over the report seeds that have it:", "",
+             "| variant | eval set | ε | n | ℓs attack | ℓs random | metric under attack |", "|---|---|---|---|---|---|---|"]
+    values = report_values(study, plan.setting)
+    for variant in plan.variants:
+        point = values[variant][0]
+        found = []
+        for seed in study.report_seeds:
+            path = Job(plan.setting, variant, point or "", seed, "", {}).folder(study.runs_dir) / "robustness.json"
+            if point and path.is_file():
+                found.append(json.loads(path.read_text(encoding="utf-8"))["results"])
+        if not found:
+            lines.append(f"| {variant} | — | — | 0 | — | — | — |")
+            continue
+        for eval_name, first in found[0].items():
+            for eps in first["radii"]:
+                runs = [r[eval_name]["radii"][eps] for r in found]
+                attack = _spread([r["attack"] for r in runs])
+                random = _spread([r["random"] for r in runs])
+                metrics = ", ".join(f"{m} {_pm([r['robust'][m] for r in runs])}" for m in runs[0]["robust"])
+                lines.append(f"| {variant} | {eval_name} | {eps} | {len(runs)} | {attack} | {random} | {metrics} |")
+    lines.append("")
+    return lines
+
+
+def _spread(values: list[float]) -> str:
+    s = summarise(values)
+    return f"{s.mean:.3e} ± {s.std:.1e}" if s.n > 1 else f"{s.mean:.3e}"
+
+
 def markdown(study: Study) -> str:
     lines = [f"# Study `{study.name}`", "",
              f"Study file: `{study.path.name}`. Metric: final dev `{study.metric}` × 100 (results.json \"final\"). "
@@ -93,6 +129,7 @@ def markdown(study: Study) -> str:
         block, minutes = setting_markdown(study, setting)
         lines += block
         total += minutes
+    lines += robustness_markdown(study)
     lines += [f"Wall time of the finished runs, summed over runs: {total / 60:.1f} h (each run on its own worker).", ""]
     return "\n".join(lines)
 

@@ -27,6 +27,7 @@ from mtsmart.study.spec import Job, Study
 RUN_CONFIG = "study_config.yaml"  # the run's config as the study built it (mtsmart train reads it)
 RUN_RECORD = "study_run.json"  # wall time and exit status, summed over resumed attempts
 CHECKPOINTS = "checkpoints"
+ROBUSTNESS = "robustness.json"  # written by `mtsmart robustness` into the run folder
 
 
 @dataclass
@@ -35,10 +36,18 @@ class Running:
     process: subprocess.Popen
     started: float
     log: object
+    threads: int
+    robustness: Optional[tuple[str, ...]]  # `mtsmart robustness` options once it finishes, or None
 
 
 def is_finished(folder: Path) -> bool:
     return (folder / RESULTS).is_file()
+
+
+def is_done(job: Job, study: Study) -> bool:
+    """Finished, with its robustness measured when the study asks for it."""
+    folder = job.folder(study.runs_dir)
+    return is_finished(folder) and (not study.measures_robustness(job) or (folder / ROBUSTNESS).is_file())
 
 
 def has_checkpoint(folder: Path) -> bool:
@@ -46,7 +55,7 @@ def has_checkpoint(folder: Path) -> bool:
     return checkpoints.is_dir() and any(p.name.startswith("step_") for p in checkpoints.iterdir())
 
 
-def launch(job: Job, runs_dir: Path, threads: int) -> Running:
+def launch(job: Job, runs_dir: Path, threads: int, robustness: Optional[tuple[str, ...]] = None) -> Running:
     folder = job.folder(runs_dir)
     resume = has_checkpoint(folder)
     if folder.exists() and not resume:
@@ -60,7 +69,16 @@ def launch(job: Job, runs_dir: Path, threads: int) -> Running:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     log = open(folder / "train.log", "a", encoding="utf-8")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    return Running(job, process, time.monotonic(), log)
+    return Running(job, process, time.monotonic(), log, threads, robustness)
+
+
+def measure_robustness(folder: Path, args: tuple[str, ...], threads: int) -> bool:
+    """`mtsmart robustness` of a finished run, from its last checkpoint (output appended to train.log)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    with open(folder / "train.log", "a", encoding="utf-8") as log:
+        result = subprocess.run([sys.executable, "-m", "mtsmart", "robustness", "--run", str(folder), *args],
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
+    return result.returncode == 0 and (folder / ROBUSTNESS).is_file()
 
 
 def record(running: Running, runs_dir: Path) -> bool:
@@ -70,6 +88,8 @@ def record(running: Running, runs_dir: Path) -> bool:
     path = folder / RUN_RECORD
     previous = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"seconds": 0.0, "attempts": 0}
     finished = is_finished(folder)
+    if finished and running.robustness is not None and not (folder / ROBUSTNESS).is_file():
+        finished = measure_robustness(folder, running.robustness, running.threads)
     entry = {
         "phase": running.job.phase,
         "seconds": previous["seconds"] + time.monotonic() - running.started,
@@ -83,12 +103,18 @@ def record(running: Running, runs_dir: Path) -> bool:
     return finished
 
 
-def drop_finished_checkpoints(runs_dir: Path) -> None:
-    """Checkpoints of runs that finished while the runner was not watching (an interrupt)."""
-    if runs_dir.is_dir():
-        for results in runs_dir.glob(f"**/{RESULTS}"):
-            if (results.parent / CHECKPOINTS).exists():
-                shutil.rmtree(results.parent / CHECKPOINTS)
+def drop_finished_checkpoints(study: Study) -> None:
+    """Checkpoints of runs that finished while the runner was not watching (an interrupt), unless
+    the run still owes its robustness measurement, which needs them."""
+    if not study.runs_dir.is_dir():
+        return
+    for results in study.runs_dir.glob(f"**/{RESULTS}"):
+        folder = results.parent
+        setting, variant, point, seed = folder.relative_to(study.runs_dir).parts
+        phase = "report" if int(seed.removeprefix("seed_")) in study.report_seeds else "tune"
+        job = Job(setting, variant, point, int(seed.removeprefix("seed_")), phase, {})
+        if (folder / CHECKPOINTS).exists() and is_done(job, study):
+            shutil.rmtree(folder / CHECKPOINTS)
 
 
 class Queue:
@@ -96,7 +122,7 @@ class Queue:
 
     def __init__(self, study: Study):
         self.study = study
-        drop_finished_checkpoints(study.runs_dir)
+        drop_finished_checkpoints(study)
         self.tune = {s: [j for j in study.tune_jobs(s) if not is_finished(j.folder(study.runs_dir))] for s in study.settings}
         self.report = {s: [(v, seed) for v in study.variants for seed in study.report_seeds] for s in study.settings}
         self.failed: list[Job] = []
@@ -112,7 +138,7 @@ class Queue:
                     continue
                 self.report[setting].remove((variant, seed))
                 job = self.study.report_job(setting, variant, point, seed)
-                if not is_finished(job.folder(self.study.runs_dir)):
+                if not is_done(job, self.study):
                     return job
         return None
 
@@ -130,7 +156,8 @@ def run_study(study: Study, workers: int, threads: int, poll_seconds: float = 2.
                 job = queue.next_ready()
                 if job is None:
                     break
-                running.append(launch(job, study.runs_dir, threads))
+                plan = study.robustness.args if study.measures_robustness(job) else None
+                running.append(launch(job, study.runs_dir, threads, plan))
                 print(f"start  {_name(job)} ({job.phase})", flush=True)
             if not running:
                 break

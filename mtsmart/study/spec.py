@@ -22,7 +22,7 @@ import copy
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 
@@ -51,6 +51,16 @@ class Job:
         return runs_dir / self.setting / self.variant / self.point / f"seed_{self.seed}"
 
 
+@dataclass(frozen=True)
+class RobustnessPlan:
+    """Run `mtsmart robustness --run DIR *args` on the report runs of these variants in one setting,
+    after each finishes and before its checkpoints are dropped: is the model measurably smoother?"""
+
+    setting: str
+    variants: tuple[str, ...]
+    args: tuple[str, ...]  # e.g. ("--radii", "1e-3,1e-2", "--attack-steps", "5")
+
+
 @dataclass
 class Study:
     path: Path
@@ -65,6 +75,12 @@ class Study:
     variants: dict[str, dict[str, Any]]  # config overrides, without the grid
     grids: dict[str, dict[str, list[Any]]] = field(default_factory=dict)  # variant → dotted key → values
     comparisons: list[tuple[str, str]] = field(default_factory=list)  # extra (variant, reference) pairs
+    robustness: Optional[RobustnessPlan] = None  # `mtsmart robustness` on some report runs
+
+    def measures_robustness(self, job: Job) -> bool:
+        plan = self.robustness
+        return (plan is not None and job.phase == "report" and job.setting == plan.setting
+                and job.variant in plan.variants)
 
     @property
     def runs_dir(self) -> Path:
@@ -113,7 +129,7 @@ def merge(into: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 REQUIRED = ("name", "metric", "baseline", "seeds", "settings", "variants")
-KNOWN = (*REQUIRED, "output_dir", "base", "comparisons")
+KNOWN = (*REQUIRED, "output_dir", "base", "comparisons", "robustness")
 
 
 def load_study(path: str | Path) -> Study:
@@ -167,7 +183,9 @@ def _build(path: Path, data: dict[str, Any]) -> Study:
         if not (isinstance(pair, list) and len(pair) == 2 and all(p in variants for p in pair)):
             raise StudyError(f"comparisons[{i}]: give [variant, reference variant], both among {list(variants)}")
         comparisons.append((pair[0], pair[1]))
+    robustness = _robustness_plan(data.get("robustness"), list(data["settings"]), list(variants))
     return Study(
+        robustness=robustness,
         path=path,
         name=str(data["name"]),
         output_dir=(path.parent / str(data.get("output_dir", path.stem))).resolve(),
@@ -182,6 +200,25 @@ def _build(path: Path, data: dict[str, Any]) -> Study:
         grids=grids,
         comparisons=comparisons,
     )
+
+
+def _robustness_plan(value: Any, settings: list[str], variants: list[str]) -> Optional[RobustnessPlan]:
+    """robustness: {setting: S, variants: [...], args: [...]} (args: `mtsmart robustness` options)."""
+    if value is None:
+        return None
+    value = _mapping(value, "robustness")
+    unknown = sorted(set(value) - {"setting", "variants", "args"})
+    if unknown:
+        raise StudyError(f"unknown key robustness.{unknown[0]}; known: setting, variants, args")
+    if value.get("setting") not in settings:
+        raise StudyError(f"robustness.setting: {value.get('setting')!r} is not one of the settings {settings}")
+    chosen = value.get("variants")
+    if not isinstance(chosen, list) or not chosen or any(v not in variants for v in chosen):
+        raise StudyError(f"robustness.variants: give a list of variants among {variants}, got {chosen!r}")
+    args = value.get("args", [])
+    if not isinstance(args, list) or not all(isinstance(a, (str, int, float)) for a in args):
+        raise StudyError(f"robustness.args: give a list of `mtsmart robustness` options, got {args!r}")
+    return RobustnessPlan(value["setting"], tuple(chosen), tuple(str(a) for a in args))
 
 
 def _check_every_run(study: Study) -> None:
