@@ -25,6 +25,18 @@ def split_config_and_overrides(args: list[str]) -> tuple[Optional[str], list[str
     return None, args
 
 
+TRAIN_EPILOG = """\
+examples:
+  mtsmart train scripts/configs/quickstart.yaml
+  mtsmart train scripts/configs/smart_release.yaml tasks=[rte,stsb] train.lr=3e-5 output_dir=runs/rte_stsb
+  mtsmart train tasks=[sst2] adversarial.method=rdrop bregman.mu=0 train.epochs=3
+
+Every config key, its type, default and meaning: docs/configuration.md (sections model, data,
+train, eval, smart, bregman, adversarial). A value out of range is refused naming the key.
+Continue an interrupted run with train.resume=auto and the same output_dir.
+"""
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from mtsmart.distributed import world_from_env
     from mtsmart.train import train
@@ -45,7 +57,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtsmart", description="SMART multi-task fine-tuning")
     commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="train a multi-task model: mtsmart train [CONFIG.yaml] [key=value ...]")
+    train = commands.add_parser(
+        "train", help="train a multi-task model: mtsmart train [CONFIG.yaml] [key=value ...]",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=TRAIN_EPILOG,
+    )
     train.add_argument("rest", nargs=argparse.REMAINDER, help="a config file, then dotted key=value overrides")
     train.set_defaults(handler=cmd_train)
     from mtsmart.commands import COMMANDS

@@ -8,6 +8,7 @@ comment is its help text: `docs/configuration.md` is generated from it (mtsmart.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -30,6 +31,26 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the key."""
 
 
+def check_range(section: str, obj: Any, rules: dict[str, tuple[str, Any]]) -> None:
+    """Each field against its rule: (">=", x), (">", x), ("in [0, 1)", None), ("finite > 0", None).
+
+    Raises ValueError naming `section.field`, the value and what is allowed (the config loader
+    turns it into a one-line ConfigError before anything is loaded or written).
+    """
+    for name, (rule, bound) in rules.items():
+        value = getattr(obj, name)
+        finite = isinstance(value, int) or math.isfinite(value)
+        ok = {
+            ">=": lambda: finite and value >= bound,
+            ">": lambda: finite and value > bound,
+            "in [0, 1)": lambda: finite and 0 <= value < 1,
+            "in [0, 1]": lambda: finite and 0 <= value <= 1,
+        }[rule]()
+        if not ok:
+            allowed = f"{rule} {bound}" if bound is not None else rule
+            raise ValueError(f"{section}.{name}: {value!r} is out of range; allowed: {allowed}")
+
+
 @dataclass
 class ModelConfig:
     name_or_path: str = "minilm"  # hub id, local folder, `minilm` (packaged all-MiniLM-L6-v2) or `tiny` (random)
@@ -38,6 +59,11 @@ class ModelConfig:
     tiny_hidden_size: int = 64  # size of the `tiny` encoder
     tiny_layers: int = 2  # layers of the `tiny` encoder
     tiny_heads: int = 2  # attention heads of the `tiny` encoder
+
+    def __post_init__(self) -> None:
+        check_range("model", self, {"tiny_hidden_size": (">=", 1), "tiny_layers": (">=", 1), "tiny_heads": (">=", 1)})
+        if self.tiny_hidden_size % self.tiny_heads:
+            raise ValueError(f"model.tiny_hidden_size: {self.tiny_hidden_size} must be a multiple of model.tiny_heads {self.tiny_heads}")
 
 
 @dataclass
@@ -63,12 +89,27 @@ class TrainConfig:
     max_nonfinite_in_row: int = 10  # stop after this many skipped steps in a row
     keep_freed_memory: bool = True  # glibc/Linux: malloc keeps memory freed between steps instead of re-faulting it (CPU speed; mtsmart/allocator.py)
 
+    def __post_init__(self) -> None:
+        check_range("train", self, {
+            "batch_size": (">=", 1), "grad_accum": (">=", 1), "lr": (">", 0), "weight_decay": (">=", 0),
+            "adam_eps": (">", 0), "max_steps": (">=", 0), "warmup_ratio": ("in [0, 1)", None),
+            "grad_clip": (">=", 0), "seed": (">=", 0), "log_every_steps": (">=", 1), "save_every_steps": (">=", 0),
+            "keep_checkpoints": (">=", 1), "stop_after_steps": (">=", 0), "max_nonfinite_in_row": (">=", 1),
+        })
+        if self.max_steps == 0:  # epochs decide the length only without max_steps
+            check_range("train", self, {"epochs": (">", 0)})
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"train.batch_size: {self.batch_size} must be a multiple of train.grad_accum {self.grad_accum}")
+
 
 @dataclass
 class EvalConfig:
     every_steps: int = 0  # evaluate every this many steps (0 = only at the end)
     batch_size: int = 64  # evaluation batch size
     max_examples: int = 0  # evaluate on the first N examples of each dev set (0 = all)
+
+    def __post_init__(self) -> None:
+        check_range("eval", self, {"every_steps": (">=", 0), "batch_size": (">=", 1), "max_examples": (">=", 0)})
 
 
 @dataclass
@@ -83,6 +124,13 @@ class Config:
     smart: SmartConfig = field(default_factory=SmartConfig)
     bregman: BregmanConfig = field(default_factory=BregmanConfig)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise ValueError("tasks: give at least one task")
+        repeated = sorted({name for name in self.tasks if self.tasks.count(name) > 1})
+        if repeated:
+            raise ValueError(f"tasks: {repeated[0]!r} is listed twice in {self.tasks}")
 
 
 # --------------------------------------------------------------------------- building from data
