@@ -3,6 +3,7 @@
     python scripts/bench_throughput.py            # packaged MiniLM, GLUE RTE train set (about 15 min)
     python scripts/bench_throughput.py --quick    # tiny random BERT, a few steps: the test's smoke run
     python scripts/bench_throughput.py --unfused-adamw   # adds mtsmart with torch's per-tensor AdamW
+    python scripts/bench_throughput.py --precision bf16  # every contender under bf16 autocast
 
 Every contender trains the same encoder on the same RTE training set ($MTSMART_DATA, default
 ../shared/data) with the same max length, batch size, learning rate, warm-up, seed and number of
@@ -62,7 +63,7 @@ from mtsmart.data.loader import epoch_batches  # noqa: E402
 from mtsmart.data.readers import read_split  # noqa: E402
 from mtsmart.model import MultiTaskModel, load_encoder, load_tokenizer, resolve_pretrained_path, tiny_bert_config  # noqa: E402
 from mtsmart.task_spec import load_task_spec  # noqa: E402
-from mtsmart.train import Trainer, build_optimizer, train_microbatch  # noqa: E402
+from mtsmart.train import Trainer, autocast_factory, build_optimizer, train_microbatch  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TASK = "rte"
@@ -87,6 +88,7 @@ class Setting:
     steps: int  # optimizer steps per run, warm-up included
     warmup: int  # untimed steps at the start of each run
     seed: int
+    precision: str = "fp32"  # fp32 or bf16 autocast, the same for every contender
 
 
 # --------------------------------------------------------------------------- timing
@@ -213,6 +215,7 @@ def mtsmart_overrides(setting: Setting, seed: int, out: Path) -> list[str]:
         f"train.seed={seed}",
         "train.warmup_ratio=0.1",
         "eval.max_examples=1",  # the dev set is still encoded at setup: keep that short
+        f"train.precision={setting.precision}",
     ]
     if setting.model == "tiny":
         overrides += [f"model.tiny_hidden_size={TINY['hidden']}", f"model.tiny_layers={TINY['layers']}",
@@ -331,6 +334,7 @@ def run_hf(setting: Setting, seed: int, kind: str, group_by_length: bool, tokeni
             use_cpu=True,
             dataloader_num_workers=0,
             train_sampling_strategy="group_by_length" if group_by_length else "random",
+            bf16=setting.precision == "bf16",  # the Trainer's autocast, around SMARTLoss too
         )
         torch.manual_seed(seed)  # the classifier's initialisation, as mtsmart seeds its heads
         trainer = classes[kind](
@@ -520,9 +524,10 @@ def scaling_step(setting: Setting, overrides: list[str], batch: Batch) -> Callab
     model = MultiTaskModel(encoder, {TASK: load_task_spec(TASK)}).train()
     bregman = BregmanProximal(build_optimizer(model, cfg), model, cfg.bregman, total_updates=1000)
     adversary = build_adversary(cfg.adversarial, cfg.smart)
+    autocast = autocast_factory(setting.precision, torch.device("cpu"))
 
     def step() -> None:
-        train_microbatch(model, batch, adversary, bregman, lambda loss: loss.backward(), contextlib.nullcontext)
+        train_microbatch(model, batch, adversary, bregman, lambda loss: loss.backward(), autocast)
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
         bregman.step()
         bregman.zero_grad()
@@ -575,6 +580,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     parser.add_argument("--seed", type=int, default=42, help="round r uses seed + r")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (1: see docs/performance.md)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="every contender in this precision: mtsmart train.precision, the Trainer's bf16=True")
     parser.add_argument("--like-for-like", action="store_true",
                         help="also SMART with random batches / group_by_length on both sides")
     parser.add_argument("--unfused-adamw", action="store_true", help="also mtsmart plain and full SMART with torch's "
@@ -600,7 +607,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     CLOCK["cpu"] = not args.wall
     setting = Setting(model="tiny" if args.quick else "minilm", data_root=args.data.resolve(), max_len=args.max_len,
-                      batch_size=args.batch_size, lr=args.lr, steps=args.steps, warmup=args.warmup, seed=args.seed)
+                      batch_size=args.batch_size, lr=args.lr, steps=args.steps, warmup=args.warmup, seed=args.seed,
+                      precision=args.precision)
     has_trainer, has_smart = peers_available()
     print(f"torch {torch.__version__}, {args.threads} thread(s), timed by {'wall clock' if args.wall else 'CPU time'}; "
           f"load average before: {os.getloadavg()}")
