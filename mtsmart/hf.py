@@ -137,7 +137,9 @@ class SmartTrainer(Trainer):
             autocast=self.accelerator.autocast,
         )
         self._meter.add({key: value for key, value in stats.items() if key != "loss"})
-        task_loss = stats.get("loss", math.nan)
+        # The Trainer logs what this returns: the task loss, or for a method that replaces it
+        # (FreeLB, the gradient penalty) the loss that trained θ.
+        task_loss = stats.get("loss", stats.get("adv/loss", math.nan))
         return torch.tensor(task_loss / accumulation, device=self.args.device)
 
     def _build_bregman(self) -> None:
