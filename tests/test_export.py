@@ -129,3 +129,13 @@ def test_all_exports_encoder_heads_and_task_files(run, loaded, tmp_path):
     for task in ("rte", "stsb"):
         assert yaml.safe_load((out / "tasks" / f"{task}.yaml").read_text())["name"] == task
         assert (out / "heads" / f"{task}.safetensors").is_file()
+
+
+def test_export_refuses_a_non_empty_folder_unless_forced(run, tmp_path, capsys):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    assert main(["export", "--run", str(run), "--task", "rte", "--out", str(out)]) == 2
+    assert "is not empty" in capsys.readouterr().err and not (out / "config.json").exists()
+    assert main(["export", "--run", str(run), "--task", "rte", "--out", str(out), "--force"]) == 0
+    assert (out / "config.json").is_file() and (out / "mine.txt").read_text() == "keep me"

@@ -193,3 +193,18 @@ def test_a_head_with_other_labels_is_refused(loaded):
     rte = next(g for g in GLUE_FILES if g.file == "RTE.tsv")
     with pytest.raises(RunDirError, match="RTE.tsv needs"):
         spec_for(rte, wrong)
+
+
+def test_a_non_empty_folder_is_refused_unless_forced_and_stale_files_go(run, tmp_path, capsys):
+    out = tmp_path / "submission"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's own file")
+    (out / "WNLI.tsv").write_text("index\tprediction\n0\tstale\n")  # an older submission's file
+    assert main(["predict", "--run", str(run), "--glue-submission", str(out)]) == 2
+    assert "is not empty" in capsys.readouterr().err and (out / "WNLI.tsv").read_text().endswith("stale\n")
+    assert main(["predict", "--run", str(run), "--glue-submission", str(out), "--force"]) == 0
+    assert (out / "notes.txt").read_text() == "the user's own file"  # only predict's own files are replaced
+    assert "stale" not in (out / "WNLI.tsv").read_text()
+    (tmp_path / "a_file").write_text("x")
+    assert main(["predict", "--run", str(run), "--glue-submission", str(tmp_path / "a_file")]) == 2
+    assert "is a file" in capsys.readouterr().err

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from mtsmart.run_dir import LoadedRun, load_run
+from mtsmart.run_dir import LoadedRun, RunDirError, load_run
 from mtsmart.tables import table  # noqa: F401  (the commands print with it)
 
 
@@ -15,3 +16,16 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def open_run(args: argparse.Namespace) -> LoadedRun:
     return load_run(args.run, args.checkpoint, args.data_root)
+
+
+def add_force_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force", action="store_true", help="write into a folder that already holds files")
+
+
+def check_target(out: Path, force: bool, flag: str) -> None:
+    """An output folder the command may write: new, empty, or non-empty with --force. Checked
+    before the run is loaded, so a refusal costs nothing and overwrites nothing."""
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"{flag} {out}: is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise RunDirError(f"{flag} {out}: the folder is not empty; choose a new folder, or pass --force to write into it")

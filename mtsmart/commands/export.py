@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import BertForSequenceClassification, BertModel
 
-from mtsmart.commands.common import add_run_arguments, open_run
+from mtsmart.commands.common import add_force_argument, add_run_arguments, check_target, open_run
 from mtsmart.run_dir import LoadedRun, RunDirError
 from mtsmart.task_spec import TaskSpec
 
@@ -43,7 +43,8 @@ def add_parser(commands) -> None:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--task", help="the task to export")
     which.add_argument("--all", action="store_true", help="the shared encoder, every head and the task files")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", required=True, help="output folder (new or empty, unless --force)")
+    add_force_argument(parser)
     parser.set_defaults(handler=run)
 
 
@@ -144,8 +145,9 @@ def export_all(loaded: LoadedRun, out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    loaded = open_run(args)
     out = Path(args.out)
+    check_target(out, args.force, "--out")
+    loaded = open_run(args)
     if args.all:
         export_all(loaded, out)
         print(f"wrote the encoder, {len(loaded.specs)} heads and task files to {out}")

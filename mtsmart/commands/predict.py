@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mtsmart.commands.common import add_run_arguments, open_run, table
+from mtsmart.commands.common import add_run_arguments, check_target, open_run, table
 from mtsmart.data.encoding import encode_split
 from mtsmart.data.loader import eval_batches
 from mtsmart.data.readers import read_split
@@ -79,7 +79,10 @@ AX_HUB = {
 def add_parser(commands) -> None:
     parser = commands.add_parser("predict", help="GLUE leaderboard files (and SNLI/SciTail test metrics) of a run")
     add_run_arguments(parser)
-    parser.add_argument("--glue-submission", required=True, metavar="OUT", help="folder for the .tsv files and submission.zip")
+    parser.add_argument("--glue-submission", required=True, metavar="OUT",
+                        help="folder for the .tsv files and submission.zip (new or empty, unless --force)")
+    parser.add_argument("--force", action="store_true",
+                        help="write into a non-empty folder; an older submission's files there are removed first")
     parser.set_defaults(handler=run)
 
 
@@ -111,6 +114,12 @@ def predict_test_set(loaded: LoadedRun, spec: TaskSpec, split: str) -> list[str]
     batches = eval_batches(spec.name, items, cfg.eval.batch_size, loaded.tokenizer.pad_token_id)
     predictions = predict(loaded.model, batches, spec, loaded.device, loaded.autocast)
     return prediction_strings(spec, predictions.outputs)
+
+
+def remove_old_submission(out: Path) -> None:
+    """The GLUE files and submission.zip an earlier `predict` wrote into `out` (nothing else)."""
+    for name in [glue.file for glue in GLUE_FILES] + ["submission.zip"]:
+        (out / name).unlink(missing_ok=True)
 
 
 def write_tsv(path: Path, predictions: list[str]) -> None:
@@ -148,8 +157,10 @@ def labelled_test_metrics(loaded: LoadedRun) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    loaded = open_run(args)
     out = Path(args.glue_submission)
+    check_target(out, args.force, "--glue-submission")
+    loaded = open_run(args)
+    remove_old_submission(out)  # with --force: no stale file of an older submission stays beside the new ones
     written, missing = write_submission(loaded, out)
     print(f"{loaded.checkpoint} (step {loaded.step})")
     if written:
