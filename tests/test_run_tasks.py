@@ -29,3 +29,12 @@ def test_run_reads_its_own_task_files(tmp_path, data_root):
     (tasks / "rte.yaml").write_text(text.replace("[entailment, not_entailment]", "[not_entailment, entailment]"))
     loaded = load_run(out, data_root=str(data_root))
     assert loaded.specs["rte"].labels == ("entailment", "not_entailment")
+
+
+def test_task_gradient_norms_script_runs(tmp_path, train_tiny):
+    run = train_tiny(tmp_path / "run", "tasks=[rte,stsb]", "train.max_steps=2", "eval.max_examples=8")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "task_gradient_norms.py"
+    result = subprocess.run([sys.executable, str(script), "--run", str(run), "--batches", "1"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "fresh encoder: rte " in result.stdout and "step_00000002" in result.stdout
