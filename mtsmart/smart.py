@@ -129,8 +129,8 @@ def smart_regularizer(
     """
     if cfg.weight == 0:
         return _off(embeds.device)  # λs = 0: plain fine-tuning, no forward or backward
-    # The ascent in float32 whatever the autocast dtype (the embedding output is bf16 under CPU
-    # autocast): a bf16 δ would round away η·g̃ and normalise g in 8 bits.
+    # The ascent in float32 whatever dtype x arrives in (a tensor captured under autocast may be
+    # half precision): a bf16 δ would round η·g̃ away and normalise g in 8 bits.
     x = embeds.detach().float()
     embed_norm = _mean_unit_norm(x, cfg, mask)
     radius = unit_radius(x, cfg.epsilon, cfg.epsilon_relative, cfg.norm, cfg.level)
