@@ -152,3 +152,30 @@ def test_a_tiny_study_runs_reports_and_continues(tmp_path, data_root, monkeypatc
     assert out.count("start ") == 1 and "plain/default/seed_2" in out
     assert (killed / "config.resumed_step_2.yaml").is_file()  # it resumed, not restarted
     assert (killed / "results.json").is_file()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_background_study_cleanly(tmp_path, data_root):
+    """`kill` of a study running in the background (where SIGINT is ignored) stops its training
+    children and exits 130; rerunning the command finishes the study."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    longer = {**TINY_BASE, "train": {**TINY_BASE["train"], "max_steps": 400, "save_every_steps": 50}}
+    path = write_study(tmp_path, base=longer, variants={"plain": {}}, seeds={"report": [1, 2]})
+    env = {**os.environ, "MTSMART_DATA": str(data_root), "OMP_NUM_THREADS": "1"}
+    runner = subprocess.Popen([sys.executable, "-m", "mtsmart", "study", str(path)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    time.sleep(15)  # the two runs are under way
+    runner.send_signal(signal.SIGTERM)
+    out, _ = runner.communicate(timeout=120)
+    assert runner.returncode == 130, out
+    assert "interrupted: rerun the same command" in out
+    study = load_study(path)
+    for seed in (1, 2):
+        record = json.loads((Job("rte", "plain", "default", seed, "", {}).folder(study.runs_dir) / RUN_RECORD).read_text())
+        assert record["finished"] is False and record["attempts"] == 1  # stopped and recorded, not orphaned

@@ -3,6 +3,7 @@ its report (docs/study.md)."""
 from __future__ import annotations
 
 import argparse
+import signal
 
 from mtsmart.study.spec import StudyError, load_study
 
@@ -16,6 +17,10 @@ def add_parser(commands) -> None:
     parser.set_defaults(handler=run)
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
     from mtsmart.study.report import write_report
     from mtsmart.study.runner import run_study
@@ -23,6 +28,9 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1 or args.threads < 1:
         raise StudyError("--workers and --threads must be at least 1")
     study = load_study(args.study)
+    # `kill` (SIGTERM) stops a study run in the background (where SIGINT is ignored) the same
+    # clean way as Ctrl-C: the children stop and resume from their checkpoints next time.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         failed = [] if args.report_only else run_study(study, args.workers, args.threads)
     except KeyboardInterrupt:
