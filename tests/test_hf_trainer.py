@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import json
 import shutil
 import subprocess
@@ -239,3 +240,22 @@ def test_the_documented_example_script_runs(tmp_path, data_root, tiny_tokenizer)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "'eval_accuracy'" in result.stdout
     assert (tmp_path / "run" / "checkpoint-2" / STATE_FILE).is_file()
+
+
+@pytest.mark.slow
+def test_bf16_and_gradient_accumulation_through_the_trainer(tmp_path):
+    """bf16=True (the Trainer's autocast), 2 accumulation steps, regression, SMART as released with
+    the teacher: the run completes with finite losses and the regularisers in its logs."""
+    gen = torch.Generator().manual_seed(3)
+    data = [{"input_ids": torch.randint(1, VOCAB, (8,), generator=gen), "attention_mask": torch.ones(8, dtype=torch.long),
+             "labels": float(i % 5)} for i in range(48)]
+    trainer = SmartTrainer(
+        model=tiny_classifier(1, dropout=0.1), train_dataset=data,
+        args=args(tmp_path, max_steps=4, logging_steps=2, bf16=True, gradient_accumulation_steps=2),
+        smart=SmartConfig(input="embedding_output", update="release", dropout="independent", epsilon=1e-6),
+        bregman=BregmanConfig(mu=0.1, teacher_dropout=True),
+    )
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 2 and all(math.isfinite(entry["loss"]) and entry["adv/loss"] > 0 for entry in logs)
+    assert trainer.bregman.updates == 4
