@@ -11,13 +11,20 @@ Under torchrun every rank has its own RNG streams (dropout, SMART noise) and adv
 each rank's are gathered to rank 0, which alone writes; on resume each rank restores its own.
 Everything else is identical on all ranks.
 
+  checksums.json     the sha256 of each file above, written last: a checkpoint is trusted only
+                     when every file matches it (`verify`)
+
 A checkpoint is written into a temporary directory and renamed when complete, so a kill at any
-moment leaves the previous checkpoint intact.
+moment leaves the previous checkpoint intact; a failed write (a full disk) removes its partial
+files and says why. Weights with a NaN or an infinity are never written. `train.resume=auto`
+takes the newest intact checkpoint (step checkpoints and `best` alike), sets corrupt ones aside
+and cleans up what an interrupted write left (`resume_directory`).
 """
 from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import json
 import os
 import pickle
@@ -46,6 +53,36 @@ STATE_KEYS = ("model_name", "config", "train_state", "sampler", "loaders", "worl
 
 class CheckpointError(ValueError):
     pass
+
+
+CHECKSUMS = "checksums.json"
+CHECKED_FILES = ("model.safetensors", "tensors.pt", "state.json")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(directory: Path) -> None:
+    """Refuse a checkpoint whose files do not match the checksums written with them."""
+    listing = directory / CHECKSUMS
+    if not listing.is_file():
+        raise CheckpointError(f"{directory}: no {CHECKSUMS} (an incomplete checkpoint, or one written before checksums)")
+    try:
+        expected = json.loads(listing.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as error:
+        raise CheckpointError(f"{listing}: unreadable ({error})") from None
+    for name in CHECKED_FILES:
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing from the checkpoint")
+        if _sha256(path) != expected.get(name):
+            raise CheckpointError(f"{path}: checksum mismatch: the file changed after it was written (corrupt); "
+                                  "this checkpoint is not used")
 
 
 # --------------------------------------------------------------------------- RNG states
@@ -95,8 +132,24 @@ def _restore_rank_state(tensors: dict, state: dict, stateful: dict, rank: int) -
 
 
 def _write(directory: Path, stateful: dict, cfg: Config) -> None:
-    """Write a complete checkpoint at `directory` (atomically: temp dir, then rename)."""
+    """Write a complete checkpoint at `directory` (atomically: temp dir, then rename). Refuses
+    non-finite weights; an OS error (e.g. a full disk) removes the partial files and is reported."""
+    bad = [name for name, value in stateful["model"].state_dict().items()
+           if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if bad:
+        raise CheckpointError(f"not writing {directory}: the model has non-finite values in {bad[:3]}; "
+                              "the checkpoints already written are kept")
     tmp = directory.parent / f".tmp-{directory.name}-{os.getpid()}"
+    try:
+        _write_files(tmp, directory, stateful, cfg)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"writing checkpoint {directory} failed: {error.strerror or error} "
+                              f"({error.filename or tmp}); its partial files were removed and the "
+                              "checkpoints already written are kept") from None
+
+
+def _write_files(tmp: Path, directory: Path, stateful: dict, cfg: Config) -> None:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
@@ -124,6 +177,7 @@ def _write(directory: Path, stateful: dict, cfg: Config) -> None:
         "rng": [r["rng_json"] for r in ranks],
     }
     atomic_write_json(tmp / "state.json", state)
+    atomic_write_json(tmp / CHECKSUMS, {name: _sha256(tmp / name) for name in CHECKED_FILES})
     old = None
     if directory.exists():  # replace in two renames; the old copy goes only when the new is in place
         old = directory.parent / f".old-{directory.name}-{os.getpid()}"
@@ -242,6 +296,7 @@ def check_compatible(directory: Path, cfg: Config, world_size: int) -> dict:
 
 def load(directory: Path, stateful: dict, cfg: Config, rank: int = 0, world_size: int = 1) -> None:
     """Restore every stateful object from `directory` (refusing a different config unless forced)."""
+    verify(directory)
     state = check_compatible(directory, cfg, world_size)
     load_model_weights(stateful["model"], directory)
     tensors = _read_tensors(directory)
@@ -259,22 +314,70 @@ def load(directory: Path, stateful: dict, cfg: Config, rank: int = 0, world_size
         setattr(train_state, key, value)
 
 
-def resume_directory(out: Path, cfg: Config) -> Path | None:
-    """train.resume: "" → None; "auto" → the latest step checkpoint in `out`, if any; else that path."""
+def resume_directory(out: Path, cfg: Config) -> tuple[Path | None, list[str]]:
+    """train.resume: "" → None; "auto" → the newest intact checkpoint in `out` (step checkpoints
+    and `best`), or None; else that path. Also returns one line per thing it did on the way
+    (a corrupt checkpoint set aside, an interrupted write cleaned up)."""
     if not cfg.train.resume:
-        return None
-    if cfg.train.resume == "auto":
-        found = step_checkpoints(out)
-        return found[-1] if found else None
-    directory = Path(cfg.train.resume)
-    if not directory.is_dir():
-        raise CheckpointError(f"train.resume: no checkpoint directory {directory}")
-    return directory
+        return None, []
+    if cfg.train.resume != "auto":
+        directory = Path(cfg.train.resume)
+        if not directory.is_dir():
+            raise CheckpointError(f"train.resume: no checkpoint directory {directory}")
+        return directory, []
+    notes = clean_interrupted_writes(out)
+    for directory in _newest_first(out):
+        try:
+            verify(directory)
+            read_state(directory)
+        except CheckpointError as error:
+            aside = directory.parent / f"corrupt-{directory.name}"
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(directory, aside)
+            notes.append(f"{error}; set aside as {aside.name}, falling back to an earlier checkpoint")
+            continue
+        return directory, notes
+    return None, notes
+
+
+def _newest_first(out: Path) -> list[Path]:
+    """Step checkpoints and `best`, the highest step first (a step checkpoint before `best` on a tie)."""
+    found = [(int(d.name.removeprefix("step_")), 1, d) for d in step_checkpoints(out)]
+    best = out / "checkpoints" / "best"
+    if best.is_dir():
+        try:
+            found.append((int(read_state(best)["train_state"]["step"]), 0, best))
+        except (CheckpointError, KeyError, TypeError, ValueError):
+            found.append((-1, 0, best))  # unreadable: tried last, then set aside
+    return [d for _, _, d in sorted(found, key=lambda item: (item[0], item[1]), reverse=True)]
+
+
+def clean_interrupted_writes(out: Path) -> list[str]:
+    """What a kill during a checkpoint write leaves: `.tmp-*` (an incomplete new checkpoint) is
+    removed; `.old-NAME-*` (the previous copy, mid-replace) is put back when NAME is gone."""
+    root = out / "checkpoints"
+    notes = []
+    if not root.is_dir():
+        return notes
+    for tmp in sorted(root.glob(".tmp-*")):
+        shutil.rmtree(tmp, ignore_errors=True)
+        notes.append(f"removed {tmp.name}, an interrupted checkpoint write")
+    for old in sorted(root.glob(".old-*")):
+        name = old.name.removeprefix(".old-").rsplit("-", 1)[0]
+        if (root / name).exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, root / name)
+            notes.append(f"restored {name} from {old.name}, left by an interrupted checkpoint replace")
+    return notes
 
 
 def refuse_overwrite(out: Path) -> None:
-    """A fresh run must not replace what an earlier run wrote into the same output_dir."""
-    existing = [p.name for p in (out / "results.json", out / "checkpoints") if p.exists() and (p.is_file() or any(p.iterdir()))]
+    """A fresh run must not replace what an earlier run wrote into the same output_dir: its
+    results or an intact-looking checkpoint (leftovers of interrupted writes do not count)."""
+    clean_interrupted_writes(out)
+    existing = [p.name for p in (out / "results.json",) if p.is_file()]
+    existing += [f"checkpoints/{d.name}" for d in _newest_first(out)]
     if existing:
         raise CheckpointError(
             f"output_dir {out} already holds a run ({', '.join(existing)}); continue it with train.resume=auto "

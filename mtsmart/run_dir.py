@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel
 
-from mtsmart.checkpoint import CheckpointError, load_model_weights, read_state, step_checkpoints
+from mtsmart.checkpoint import CheckpointError, load_model_weights, read_state, step_checkpoints, verify
 from mtsmart.config import Config, load_config
 from mtsmart.model import TINY, MultiTaskModel, load_encoder, load_tokenizer, resolve_pretrained_path
 from mtsmart.task_spec import TaskSpec
@@ -96,6 +96,7 @@ def load_run(
     run = Path(run)
     cfg = run_config(run, data_root)
     directory = resolve_checkpoint(run, checkpoint)
+    verify(directory)  # a corrupt checkpoint is refused by name, never evaluated or exported
     state = read_state(directory)
     if state["model_name"] != cfg.model.name_or_path:
         raise RunDirError(f"{directory}: checkpoint of model {state['model_name']!r}, {run / 'config.yaml'} says {cfg.model.name_or_path!r}")

@@ -315,7 +315,8 @@ class Trainer:
 
     def find_resume(self) -> Optional[Path]:
         """The checkpoint to continue (checked against this run), or None for a fresh run."""
-        directory = ckpt.resume_directory(self.out, self.cfg)
+        directory, notes = ckpt.resume_directory(self.out, self.cfg) if self.world.is_main else (None, [])
+        directory = distributed.broadcast_object(directory)  # rank 0 alone cleans up and chooses
         seen = distributed.gather_objects(str(directory))
         if len(set(seen)) > 1:
             raise ckpt.CheckpointError(
@@ -325,6 +326,12 @@ class Trainer:
             ckpt.refuse_overwrite(self.out)
         else:
             ckpt.check_compatible(directory, self.cfg, self.world.world_size)
+        if self.world.is_main:
+            for note in notes:
+                print(f"resume: {note}", flush=True)
+            if self.cfg.train.resume:
+                print(f"resume: from {directory}" if directory is not None
+                      else f"resume: no checkpoint in {self.out / 'checkpoints'}, starting fresh", flush=True)
         return directory
 
     def write_run_files(self, command_line: Optional[list[str]]) -> None:

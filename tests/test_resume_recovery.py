@@ -1,0 +1,152 @@
+"""Resume always has a way forward (issue 13): verified checkpoints, fallback past a corrupt one,
+recovery from a kill during a checkpoint write or in a run whose only checkpoint is `best`; and
+writes that refuse non-finite weights and clean up after an OS error."""
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mtsmart import checkpoint as ckpt
+from mtsmart.cli import main
+from conftest import TINY_TRAIN_ARGS
+
+RUN = ("tasks=[rte]", "train.max_steps=6", "train.save_every_steps=2", "train.keep_checkpoints=2",
+       "eval.max_examples=16", "train.warmup_ratio=0")
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, train_tiny) -> Path:
+    """The uninterrupted run every recovery must reproduce."""
+    return train_tiny(tmp_path_factory.mktemp("straight") / "run", *RUN)
+
+
+def final_weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(ckpt.step_checkpoints(out)[-1] / "model.safetensors"))
+
+
+def assert_same_run(out: Path, reference: Path) -> None:
+    assert json.loads((out / "results.json").read_text()) == json.loads((reference / "results.json").read_text())
+    ours, theirs = final_weights(out), final_weights(reference)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def interrupted_copy(straight: Path, tmp_path: Path) -> Path:
+    """The straight run as a kill just after its step-6 checkpoint leaves it: no final evaluation
+    (so no results and no `best`), checkpoints 4 and 6 (train.keep_checkpoints=2)."""
+    out = tmp_path / "run"
+    shutil.copytree(straight, out)
+    (out / "results.json").unlink()
+    shutil.rmtree(out / "checkpoints" / "best")
+    return out
+
+
+def test_every_checkpoint_carries_checksums_that_verify(straight):
+    for directory in ckpt.step_checkpoints(straight):
+        ckpt.verify(directory)
+        listed = json.loads((directory / ckpt.CHECKSUMS).read_text())
+        assert set(listed) == set(ckpt.CHECKED_FILES)
+
+
+def test_resume_falls_back_past_a_checkpoint_corrupted_at_the_same_size(straight, tmp_path, train_tiny, capsys):
+    out = interrupted_copy(straight, tmp_path)
+    newest = out / "checkpoints" / "step_00000006" / "model.safetensors"
+    data = bytearray(newest.read_bytes())
+    data[-100:-90] = b"\xff" * 10  # bytes overwritten inside the weights: same size, still parseable
+    newest.write_bytes(bytes(data))
+    capsys.readouterr()
+    train_tiny(out, *RUN, "train.resume=auto")
+    printed = capsys.readouterr().out
+    assert "checksum mismatch" in printed and "set aside as corrupt-step_00000006" in printed
+    assert f"resume: from {out / 'checkpoints' / 'step_00000004'}" in printed
+    assert (out / "checkpoints" / "corrupt-step_00000006").is_dir()  # kept for inspection, not deleted
+    assert_same_run(out, straight)
+
+
+def test_a_kill_during_the_first_checkpoint_write_leaves_a_run_that_starts_again(straight, tmp_path, train_tiny, capsys):
+    out = tmp_path / "run"
+    (out / "checkpoints" / ".tmp-step_00000002-4242").mkdir(parents=True)  # the write a kill interrupted
+    (out / "checkpoints" / ".tmp-step_00000002-4242" / "model.safetensors").write_bytes(b"\x00" * 10)
+    (out / "config.yaml").write_text("written before the kill\n")
+    capsys.readouterr()
+    train_tiny(out, *RUN, "train.resume=auto")
+    printed = capsys.readouterr().out
+    assert "removed .tmp-step_00000002-4242, an interrupted checkpoint write" in printed
+    assert "starting fresh" in printed
+    assert not list((out / "checkpoints").glob(".tmp-*"))
+    assert_same_run(out, straight)
+
+
+def test_a_fresh_start_is_not_blocked_by_an_interrupted_write(straight, tmp_path, train_tiny):
+    out = tmp_path / "run"
+    (out / "checkpoints" / ".tmp-step_00000002-4242").mkdir(parents=True)
+    train_tiny(out, *RUN)  # no train.resume: the leftovers are not a run to protect
+    assert_same_run(out, straight)
+
+
+def test_a_best_only_run_resumes_from_best(tmp_path, train_tiny):
+    """save_every_steps=0 with periodic evaluation: before the end, `best` is the only checkpoint."""
+    best_only = (*RUN[:1], "train.max_steps=6", "train.save_every_steps=0", "eval.every_steps=2",
+                 "eval.max_examples=16", "train.warmup_ratio=0")
+    reference = train_tiny(tmp_path / "reference", *best_only)
+    out = tmp_path / "run"
+    train_tiny(out, *best_only, "train.stop_after_steps=4")  # a run stopped at step 4 ...
+    for directory in ckpt.step_checkpoints(out):  # ... as a kill would leave it: best only
+        shutil.rmtree(directory)
+    best_step = json.loads((out / "checkpoints" / "best" / "state.json").read_text())["train_state"]["step"]
+    assert best_step in (2, 4)
+    train_tiny(out, *best_only, "train.resume=auto")
+    assert json.loads((out / "results.json").read_text())["final"] == json.loads((reference / "results.json").read_text())["final"]
+
+
+def test_an_interrupted_replace_is_put_back(straight, tmp_path):
+    out = interrupted_copy(straight, tmp_path)
+    root = out / "checkpoints"
+    root.joinpath("step_00000006").rename(root / ".old-step_00000006-999")  # killed between the two renames
+    notes = ckpt.clean_interrupted_writes(out)
+    assert (root / "step_00000006").is_dir() and notes == [
+        "restored step_00000006 from .old-step_00000006-999, left by an interrupted checkpoint replace"]
+
+
+def test_non_finite_weights_are_never_written(straight, tmp_path):
+    from mtsmart.config import load_config
+
+    model = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    with pytest.raises(ckpt.CheckpointError, match="non-finite values in \\['weight'\\]"):
+        ckpt._write(tmp_path / "checkpoints" / "step_00000001", {"model": model}, load_config(None, []))
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
+def test_a_full_disk_is_reported_and_leaves_no_partial_checkpoint(straight, tmp_path, monkeypatch, data_root, capsys):
+    out = interrupted_copy(straight, tmp_path)
+    shutil.rmtree(out / "checkpoints" / "step_00000006")  # killed before step 6: the next write is step 6's
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "model.safetensors")
+
+    monkeypatch.setattr(ckpt, "save_file", no_space)
+    capsys.readouterr()
+    assert main(["train", *TINY_TRAIN_ARGS, f"data.root={data_root}", f"output_dir={out}", *RUN, "train.resume=auto"]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "partial files were removed" in err
+    assert not list((out / "checkpoints").glob(".tmp-*"))
+    ckpt.verify(out / "checkpoints" / "step_00000004")  # the last good checkpoint is intact
+
+
+def test_evaluate_refuses_a_corrupt_checkpoint_by_name(straight, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(straight, out)
+    weights = ckpt.step_checkpoints(out)[-1] / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-50] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(out)]) == 2
+    assert f"{weights}: checksum mismatch" in capsys.readouterr().err
