@@ -128,10 +128,10 @@ class Queue:
         self.failed: list[Job] = []
 
     def next_ready(self) -> Optional[Job]:
-        """The first run that can start now (each run is handed out once), or None."""
+        """The first run that can start now (each run is handed out once), or None. Within a
+        setting, report runs of variants whose point is chosen go first (the baseline's among
+        them), so paired comparisons complete early; then the remaining tune runs."""
         for setting in self.study.settings:
-            if self.tune[setting]:
-                return self.tune[setting].pop(0)
             for variant, seed in list(self.report[setting]):
                 point = chosen_point(self.study, setting, variant)
                 if point is None:
@@ -140,6 +140,8 @@ class Queue:
                 job = self.study.report_job(setting, variant, point, seed)
                 if not is_done(job, self.study):
                     return job
+            if self.tune[setting]:
+                return self.tune[setting].pop(0)
         return None
 
     def remaining(self) -> int:
