@@ -9,13 +9,14 @@ from typing import Optional
 from mtsmart.checkpoint import CheckpointError
 from mtsmart.config import ConfigError, load_config
 from mtsmart.data.readers import DataError
+from mtsmart.io import OutputDirError
 from mtsmart.model import ModelSourceError
 from mtsmart.progress import final_summary
 from mtsmart.run_dir import RunDirError
 from mtsmart.study.spec import StudyError
 from mtsmart.task_spec import TaskSpecError
 
-USER_ERRORS = (CheckpointError, DataError, TaskSpecError, RunDirError, StudyError, ModelSourceError, FloatingPointError)
+USER_ERRORS = (CheckpointError, DataError, TaskSpecError, RunDirError, StudyError, ModelSourceError, OutputDirError, FloatingPointError)
 
 
 def split_config_and_overrides(args: list[str]) -> tuple[Optional[str], list[str]]:

@@ -34,3 +34,24 @@ def atomic_write_text(path: Path | str, text: str) -> None:
 
 def atomic_write_json(path: Path | str, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+class OutputDirError(ValueError):
+    """An output folder that cannot be used; the message names it."""
+
+
+def check_writable_dir(out: Path, key: str = "output_dir") -> None:
+    """Refuse an output folder that is a file or lies where nothing can be written, before any
+    work: probes the folder, or its nearest existing parent, with a temporary file."""
+    if out.exists() and not out.is_dir():
+        raise OutputDirError(f"{key} {out}: is a file, not a folder")
+    probe_dir = out
+    while not probe_dir.exists():
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise OutputDirError(f"{key} {out}: {probe_dir} is a file, so the folder cannot be made")
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe_dir, prefix=".mtsmart-write-probe-"):
+            pass
+    except OSError as error:
+        raise OutputDirError(f"{key} {out}: cannot write in {probe_dir} ({error.strerror or error})") from None

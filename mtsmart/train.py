@@ -34,7 +34,7 @@ from mtsmart.data.encoding import encode_split
 from mtsmart.data.loader import TaskLoader, eval_batches, subsample
 from mtsmart.data.readers import read_split
 from mtsmart.evaluate import EvalSet
-from mtsmart.io import atomic_write_json, atomic_write_text
+from mtsmart.io import atomic_write_json, atomic_write_text, check_writable_dir
 from mtsmart.logger import MetricLogger
 from mtsmart.model import MultiTaskModel, captured_embedding_output, load_encoder, load_tokenizer, task_output
 from mtsmart.perturbation import token_mask
@@ -266,6 +266,8 @@ class Trainer:
         validate(cfg, self.world.world_size)
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
+        if self.world.is_main:
+            check_writable_dir(self.out)  # a file, or nowhere to write: said now, not after loading
         # Refuse a bad resume before anything is loaded or written: nothing already in out is lost.
         self.resume_from = self.find_resume()
         # Process-wide and for the process's lifetime: glibc keeps the memory a step frees.
