@@ -150,3 +150,76 @@ def test_evaluate_refuses_a_corrupt_checkpoint_by_name(straight, tmp_path, capsy
     capsys.readouterr()
     assert main(["evaluate", "--run", str(out)]) == 2
     assert f"{weights}: checksum mismatch" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- real kills (kill -9 of the process)
+
+KILLER = '''
+import os, signal
+import mtsmart.checkpoint as ckpt
+
+import mtsmart.train as train
+
+_mode = os.environ["MTSMART_TEST_KILL"]
+_write_json = ckpt.atomic_write_json
+_evaluate = train.Trainer.run_evaluation
+_calls = {"eval": 0}
+
+
+def _json_then_die(path, data):
+    # The first checkpoint's state.json: its weights and tensors are already in the .tmp folder.
+    if _mode == "first_write" and path.name == "state.json":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _write_json(path, data)
+
+
+def _die_at_the_second_evaluation(self):
+    # Step 4 of a run that evaluates every 2 steps: `best` (from step 2) is its only checkpoint.
+    _calls["eval"] += 1
+    if _mode == "second_evaluation" and _calls["eval"] == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _evaluate(self)
+
+
+ckpt.atomic_write_json = _json_then_die
+train.Trainer.run_evaluation = _die_at_the_second_evaluation
+'''
+
+
+def killed_run(tmp_path: Path, data_root: Path, mode: str, *overrides: str) -> Path:
+    """`mtsmart train` in a subprocess that kills itself with SIGKILL at the moment `mode` names."""
+    import os
+    import subprocess
+    import sys
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(KILLER, encoding="utf-8")
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]),
+           "MTSMART_TEST_KILL": mode, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "mtsmart", "train", *TINY_TRAIN_ARGS, f"data.root={data_root}",
+                             f"output_dir={out}", *overrides], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == -9, result.stderr[-2000:]  # killed, as planned
+    return out
+
+
+@pytest.mark.slow
+def test_kill_9_during_the_first_checkpoint_write_then_resume_auto(straight, tmp_path, data_root, train_tiny):
+    out = killed_run(tmp_path, data_root, "first_write", *RUN)
+    assert list((out / "checkpoints").glob(".tmp-step_00000002-*")) and not ckpt.step_checkpoints(out)
+    train_tiny(out, *RUN, "train.resume=auto")
+    assert_same_run(out, straight)
+
+
+@pytest.mark.slow
+def test_kill_9_in_a_best_only_run_then_resume_auto(tmp_path, data_root, train_tiny):
+    best_only = ("tasks=[rte]", "train.max_steps=6", "train.save_every_steps=0", "eval.every_steps=2",
+                 "eval.max_examples=16", "train.warmup_ratio=0")
+    reference = train_tiny(tmp_path / "reference", *best_only)
+    out = killed_run(tmp_path, data_root, "second_evaluation", *best_only)
+    assert (out / "checkpoints" / "best").is_dir() and not ckpt.step_checkpoints(out)
+    assert not (out / "results.json").exists()
+    train_tiny(out, *best_only, "train.resume=auto")
+    final = json.loads((out / "results.json").read_text())["final"]
+    assert final == json.loads((reference / "results.json").read_text())["final"]
