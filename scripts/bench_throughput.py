@@ -281,8 +281,12 @@ def hf_trainer_classes(clock_of: Callable[[], StepClock]):
             embed = encoder.embeddings.word_embeddings(inputs["input_ids"])
             smart = SMARTLoss(eval_fn=eval_fn, loss_fn=kl_loss, loss_last_fn=sym_kl_loss, num_steps=1,
                               step_size=1e-3, epsilon=1e-5, noise_var=1e-5)
-            state = eval_fn(embed)
-            loss = F.cross_entropy(state, inputs["labels"]) + README_SMART_WEIGHT * smart(embed, state)
+            # eval_fn calls the encoder and the classifier directly, not the model's forward, which
+            # accelerate wraps in the bf16 autocast: wrap the whole loss, so the peer runs in the
+            # same precision as the other contenders.
+            with self.accelerator.autocast():
+                state = eval_fn(embed)
+                loss = F.cross_entropy(state.float(), inputs["labels"]) + README_SMART_WEIGHT * smart(embed, state)
             return (loss, state) if return_outputs else loss
 
     from mtsmart.bregman import BregmanConfig
