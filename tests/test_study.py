@@ -164,18 +164,23 @@ def test_sigterm_stops_a_background_study_cleanly(tmp_path, data_root):
     import sys
     import time
 
-    longer = {**TINY_BASE, "train": {**TINY_BASE["train"], "max_steps": 400, "save_every_steps": 50}}
+    longer = {**TINY_BASE, "train": {**TINY_BASE["train"], "max_steps": 100000, "save_every_steps": 50}}
     path = write_study(tmp_path, base=longer, variants={"plain": {}}, seeds={"report": [1, 2]})
     env = {**os.environ, "MTSMART_DATA": str(data_root), "OMP_NUM_THREADS": "1"}
     runner = subprocess.Popen([sys.executable, "-m", "mtsmart", "study", str(path)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-    time.sleep(15)  # the two runs are under way
+    study = load_study(path)
+    folders = [Job("rte", "plain", "default", seed, "", {}).folder(study.runs_dir) for seed in (1, 2)]
+    deadline = time.monotonic() + 300
+    while not all(list((f / "checkpoints").glob("step_*")) for f in folders if f.exists()) or not all(
+            f.exists() for f in folders):  # both runs under way, whatever the machine's speed
+        assert time.monotonic() < deadline and runner.poll() is None
+        time.sleep(0.5)
     runner.send_signal(signal.SIGTERM)
     out, _ = runner.communicate(timeout=120)
     assert runner.returncode == 130, out
     assert "interrupted: rerun the same command" in out
-    study = load_study(path)
     for seed in (1, 2):
         record = json.loads((Job("rte", "plain", "default", seed, "", {}).folder(study.runs_dir) / RUN_RECORD).read_text())
         assert record["finished"] is False and record["attempts"] == 1  # stopped and recorded, not orphaned
