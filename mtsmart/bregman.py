@@ -14,51 +14,16 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import nn
 
 from mtsmart.batch import Batch
-from mtsmart.divergence import DIVERGENCES_FOR_DISTRIBUTIONS, DIVERGENCES_FOR_SCORES, get_divergence
-from mtsmart.model import task_output
+from mtsmart.bregman_config import BregmanConfig
+from mtsmart.divergence import get_divergence
+from mtsmart.model import task_output, unwrap
 from mtsmart.task_types import task_type_of
-
-# two_phase: β = early_beta for the first early_fraction of the updates, then `beta`. The paper's
-# 0.99 over 10% by default; the authors' code ran 0.9 over the warm-up, then 0.99 (SMART.md §7).
-SCHEDULES = ("two_phase", "constant")
-
-@dataclass
-class BregmanConfig:
-    mu: float = 1.0  # μ; 0 turns the term off and costs nothing
-    beta: float = 0.999  # β of θ̃ = (1 − β) θ + β θ̃ (schedule=constant, and after the switch)
-    beta_schedule: Literal["two_phase", "constant"] = "two_phase"  # two_phase: early_beta for the first early_fraction of updates, then beta
-    early_beta: float = 0.99  # β of the early phase (the paper: 0.99; the authors' code: 0.9, SMART.md §7)
-    early_fraction: float = 0.1  # length of the early phase as a fraction of all updates (the paper: 10%; the authors' code: the warm-up)
-    inner_steps: int = 1  # S: optimizer steps between teacher updates
-    teacher_dropout: bool = False  # teacher forward in train mode (dropout on) or eval mode
-    divergence: Literal["auto", "sym_kl", "kl", "stable_kl", "mse"] = "auto"  # ℓs of D_Breg; auto: by task type
-
-    def __post_init__(self) -> None:
-        if not self.mu >= 0.0:
-            raise ValueError(f"bregman.mu: {self.mu} must be >= 0")
-        if not 0.0 <= self.beta < 1.0:
-            raise ValueError(f"bregman.beta: {self.beta} must be in [0, 1) (1 would freeze the teacher)")
-        if self.beta_schedule == "paper":
-            raise ValueError("bregman.beta_schedule: 'paper' is now called 'two_phase' (early_beta 0.99 over early_fraction 0.1)")
-        if self.beta_schedule not in SCHEDULES:
-            raise ValueError(f"bregman.beta_schedule: {self.beta_schedule!r} is not one of {list(SCHEDULES)}")
-        if not 0.0 <= self.early_beta < 1.0:
-            raise ValueError(f"bregman.early_beta: {self.early_beta} must be in [0, 1)")
-        if not 0.0 <= self.early_fraction <= 1.0:
-            raise ValueError(f"bregman.early_fraction: {self.early_fraction} must be in [0, 1]")
-        if self.inner_steps < 1:
-            raise ValueError(f"bregman.inner_steps: {self.inner_steps} must be >= 1")
-        if self.divergence not in ("auto", "sym_kl", "kl", "stable_kl", "mse"):
-            raise ValueError(
-                f"bregman.divergence: {self.divergence!r} is not one of ['auto', 'sym_kl', 'kl', 'stable_kl', 'mse']"
-            )
-
 
 @dataclass
 class BregmanResult:
@@ -88,21 +53,12 @@ def scheduled_beta(update: int, total_updates: int, cfg: BregmanConfig) -> float
     return cfg.beta
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    # DistributedDataParallel keeps the real module in `.module`; copy that, not the wrapper.
-    return model.module if hasattr(model, "module") else model
-
-
 def _check_divergence(cfg: BregmanConfig, model: nn.Module) -> None:
-    if cfg.divergence == "auto":
-        return
     for name, spec in model.specs.items():
-        allowed = DIVERGENCES_FOR_SCORES if spec.type == "regression" else DIVERGENCES_FOR_DISTRIBUTIONS
-        if cfg.divergence not in allowed:
-            raise ValueError(
-                f"bregman.divergence: {cfg.divergence!r} does not apply to task {name!r} ({spec.type}); "
-                f"use 'auto' or one of {list(allowed)}"
-            )
+        try:
+            task_type_of(spec).divergence("bregman.divergence", cfg.divergence)
+        except ValueError as error:
+            raise ValueError(f"{error} (task {name!r})") from None
 
 
 class BregmanProximal:
@@ -118,7 +74,7 @@ class BregmanProximal:
     def __init__(self, optimizer: torch.optim.Optimizer, model: nn.Module, cfg: BregmanConfig, total_updates: int):
         if total_updates < 1:
             raise ValueError(f"BregmanProximal: total_updates={total_updates} must be >= 1")
-        student = _unwrap(model)
+        student = unwrap(model)  # the teacher copies the model, never a DDP wrapper
         _check_divergence(cfg, student)
         self.optimizer = optimizer
         self.cfg = cfg
@@ -169,7 +125,7 @@ class BregmanProximal:
         (classification (B, C), regression (B,), ranking (G, C)); the teacher runs on the same
         clean inputs. `model` (or its DDP wrapper) must be the one this wrapper was built from.
         """
-        if _unwrap(model) is not self._student:
+        if unwrap(model) is not self._student:
             raise ValueError("BregmanProximal.term: model is not the model this wrapper's teacher was copied from")
         if not self.enabled:
             return BregmanResult(loss=torch.zeros((), device=student_output.device), divergence=0.0)
@@ -182,10 +138,7 @@ class BregmanProximal:
         return BregmanResult(loss=self.cfg.mu * divergence, divergence=float(divergence.detach()))
 
     def _divergence_fn(self, task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        name = self.cfg.divergence
-        if name == "auto":
-            name = task_type_of(self._student.specs[task]).default_divergence
-        return get_divergence(name)
+        return get_divergence(task_type_of(self._student.specs[task]).divergence("bregman.divergence", self.cfg.divergence))
 
     # ---- stepping -------------------------------------------------------------------------------
 
@@ -240,15 +193,25 @@ class BregmanProximal:
         Like torch's own state_dicts it holds references to live tensors: torch.save it, or
         deepcopy it before training on.
         """
+        return {**self.teacher_state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "optimizer" not in state:
+            raise ValueError("bregman checkpoint state lacks ['optimizer']")
+        self.load_teacher_state_dict(state)
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def teacher_state_dict(self) -> dict[str, Any]:
+        """The wrapper's own state without the optimizer's: teacher tensors and the update counter
+        (the β schedule's position). For a host that saves the optimizer itself (mtsmart.hf)."""
         return {
             "updates": self.updates,
             "total_updates": self.total_updates,
             "teacher": None if self.teacher is None else self.teacher.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        missing = sorted({"updates", "total_updates", "teacher", "optimizer"} - set(state))
+    def load_teacher_state_dict(self, state: dict[str, Any]) -> None:
+        missing = sorted({"updates", "total_updates", "teacher"} - set(state))
         if missing:
             raise ValueError(f"bregman checkpoint state lacks {missing}")
         if state["total_updates"] != self.total_updates:
@@ -261,7 +224,6 @@ class BregmanProximal:
             raise ValueError(f"bregman checkpoint holds {saved} but this run has bregman.mu = {self.cfg.mu}")
         if self.teacher is not None:
             self.teacher.load_state_dict(state["teacher"])  # copies into the teacher's own storage
-        self.optimizer.load_state_dict(state["optimizer"])
         self.updates = int(state["updates"])
 
 

@@ -19,10 +19,15 @@ from typing import Any, Literal, Optional
 import yaml
 
 from mtsmart.adversarial.config import AdversarialConfig
-from mtsmart.bregman import BregmanConfig
+from mtsmart.bregman_config import BregmanConfig
 from mtsmart.data.config import DataConfig
-from mtsmart.smart import SmartConfig
+from mtsmart.smart_config import SmartConfig
 
+
+# Keys renamed so that one concept has one name (docs/configuration.md): the old key is refused
+# with the name that replaced it.
+RENAMED_KEYS = {"smart.noise_std": "smart.init_scale", "adversarial.alpha": "adversarial.step_size"}
+RENAMED_VALUES = {"smart.level": {"sentence": "example"}}
 
 _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
@@ -87,6 +92,7 @@ class TrainConfig:
     resume_force: bool = False  # resume even when the checkpoint's config differs
     nonfinite: Literal["skip", "raise"] = "skip"  # a non-finite loss/gradient: skip the step, or stop
     max_nonfinite_in_row: int = 10  # stop after this many skipped steps in a row
+    record_step_times: bool = False  # write step_times.tsv: each optimizer step's examples, padded tokens and end time, wall and CPU (benchmarks; mtsmart/step_times.py)
     keep_freed_memory: bool = True  # glibc/Linux: malloc keeps memory freed between steps instead of re-faulting it (CPU speed; mtsmart/allocator.py)
 
     def __post_init__(self) -> None:
@@ -182,12 +188,17 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
+    renamed = [prefix + key for key in unknown if prefix + key in RENAMED_KEYS]
+    if renamed:
+        raise ConfigError(f"{renamed[0]} is now called {RENAMED_KEYS[renamed[0]]} (same meaning)")
     if unknown:
         raise ConfigError(f"unknown key {prefix}{unknown[0]}; known keys of {prefix.rstrip('.') or 'config'}: {sorted(names)}")
     kwargs = {}
     for name, value in data.items():
         tp = hints[name]
         key = prefix + name
+        if isinstance(value, str) and value in RENAMED_VALUES.get(key, {}):
+            raise ConfigError(f"{key}: {value!r} is now called {RENAMED_VALUES[key][value]!r} (same meaning)")
         kwargs[name] = _build(tp, value, key + ".") if dataclasses.is_dataclass(tp) else _coerce(value, tp, key)
     try:
         return cls(**kwargs)

@@ -18,7 +18,7 @@ import tokenize
 import typing
 from typing import Any, Literal
 
-from mtsmart.config import Config
+from mtsmart.config import RENAMED_KEYS, RENAMED_VALUES, Config
 
 HEADER = """# Configuration reference
 
@@ -114,6 +114,14 @@ def table(title: str, rows: list[str], source: str) -> str:
     return "\n".join([f"## {title}", "", f"From `{source}`.", "", *head, *rows, ""])
 
 
+def renamed() -> str:
+    """The old names a config may still hold: each is refused with a message naming the new one."""
+    rows = [f"| `{old}` | `{new}` |" for old, new in RENAMED_KEYS.items()]
+    rows += [f"| `{key}: {old}` | `{key}: {new}` |" for key, values in RENAMED_VALUES.items() for old, new in values.items()]
+    return "\n".join(["## Renamed", "", "One name per concept: these old names are refused with the new one.", "",
+                      "| old | new |", "|---|---|", *rows, ""])
+
+
 def generate() -> str:
     saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("MTSMART_")}
     try:
@@ -124,6 +132,7 @@ def generate() -> str:
             if nested:
                 raise ValueError(f"{cls.__name__}: sections nest one level only")
             parts.append(table(f"`{name}`", rows, f"{cls.__module__}.{cls.__name__}"))
+        parts.append(renamed())
         return "\n".join(parts)
     finally:
         os.environ.update(saved)

@@ -7,7 +7,8 @@ no-op (no process group is created). See docs/distributed.md.
 Gradient averaging. Every rank runs the same task on its shard of the global batch (equal
 shard sizes: the loader fills the last batch of an epoch), the loss is a per-rank mean, and the
 gradients are averaged over ranks, so 2 ranks × B/2 give the gradient of 1 process × B.
-Two ways to average, chosen per run by `reduces_in_backward`:
+Two ways to average, chosen per run from what the regulariser declares (`extra_backward`,
+mtsmart.adversarial.base):
   - DDP's own: its backward hooks all-reduce bucket by bucket while the backward still runs
     (communication overlaps compute). DDP reduces in the first backward after a forward run
     outside `no_sync()`, so this needs exactly one backward per micro-batch (the loop checks).
@@ -33,10 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mtsmart.evaluate import EvalSet, TaskPredictions, evaluate, metrics_of, predict
 from mtsmart.metrics import glue_average
-
-# Methods whose micro-batch runs several backward passes (see the module docstring).
-MULTI_BACKWARD_METHODS = ("freelb",)
-
+from mtsmart.task_types import task_type_of
 
 @dataclass(frozen=True)
 class World:
@@ -53,6 +51,9 @@ class World:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+ONE_PROCESS = World()
 
 
 def world_from_env() -> World:
@@ -112,11 +113,6 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
         find_unused_parameters=True,
         forward_sync_buffers=False,
     )
-
-
-def reduces_in_backward(method: str, scope: str) -> bool:
-    """Whether DDP's backward hooks can average the gradients: one backward per micro-batch."""
-    return not (method in MULTI_BACKWARD_METHODS or (scope == "matrix" and method != "none"))
 
 
 def gradient_sync(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
@@ -182,7 +178,7 @@ def shard(items: Sequence, rank: int, world_size: int) -> list:
     return list(items[bounds[rank]:bounds[rank + 1]])
 
 
-def merge_predictions(parts: Sequence[tuple[list[int], TaskPredictions]], ranking: bool) -> TaskPredictions:
+def merge_predictions(parts: Sequence[tuple[list[int], TaskPredictions]], grouped: bool) -> TaskPredictions:
     """Each rank's (sorted example ids, predictions) → the predictions of the whole set in id order.
 
     Ranking grids of different shards may differ in width: rows are re-padded as `predict`
@@ -192,7 +188,7 @@ def merge_predictions(parts: Sequence[tuple[list[int], TaskPredictions]], rankin
     order = np.argsort(ids, kind="stable")
     labelled = all(p.labels is not None for _, p in parts)
     labels = np.concatenate([p.labels for _, p in parts])[order] if labelled else None
-    if not ranking:
+    if not grouped:
         return TaskPredictions(outputs=np.concatenate([p.outputs for _, p in parts])[order], mask=None, labels=labels)
     width = max(p.outputs.shape[1] for _, p in parts)
     scores = np.concatenate([_pad(p.outputs, width, -np.inf) for _, p in parts])[order]
@@ -220,7 +216,7 @@ def evaluate_sharded(
         ids = sorted(i for batch in mine for i in batch.example_ids)
         local = predict(model, mine, eval_set.spec, device, autocast) if mine else None
         parts = [part for part in gather_objects((ids, local)) if part[1] is not None]
-        merged = merge_predictions(parts, ranking=eval_set.spec.type == "ranking")
+        merged = merge_predictions(parts, grouped=task_type_of(eval_set.spec).grouped)
         for metric, value in metrics_of(eval_set.spec, merged).items():
             results[f"{eval_set.name}/{metric}"] = value
     results["avg"] = glue_average(results, {e.name: list(e.spec.metrics) for e in eval_sets})

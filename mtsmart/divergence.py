@@ -25,7 +25,7 @@ MASKED_SCORE = -1e9
 
 def _check_same_shape(a: torch.Tensor, b: torch.Tensor) -> None:
     # The reference code's regression loss compared (B,) with (B, 1) and silently broadcast to
-    # a B×B matrix (SMART.md §4, defect 5): refuse mismatched shapes instead.
+    # a B×B matrix (docs/method.md "The reference code's defects", 5): refuse mismatched shapes instead.
     if a.shape != b.shape:
         raise ValueError(f"divergence needs outputs of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
 
@@ -49,7 +49,7 @@ def symmetric_kl(perturbed: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
 def stable_kl(perturbed: torch.Tensor, clean: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """The public SMART code's inner "stable_kl" surrogate, offered only for comparison.
 
-    It is not a KL (SMART.md §4, defect 8): with the log-odds r(p) = log(p / (1 − p)) taken as
+    It is not a KL (docs/method.md "The reference code's defects", 8): with the log-odds r(p) = log(p / (1 − p)) taken as
     constants, it returns 2 · Σ_c q_c (r(q_c) − r(p_c)) per example, q the perturbed
     distribution. Its gradient w.r.t. the perturbed logits flows through q only. (B, C) → ().
     """

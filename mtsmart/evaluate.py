@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from mtsmart.batch import Batch
-from mtsmart.metrics import Predictions, compute_metrics, glue_average
+from mtsmart.metrics import compute_metrics, glue_average
 from mtsmart.model import task_output
 from mtsmart.task_spec import TaskSpec
+from mtsmart.task_types import task_type_of
 
 
 @dataclass
@@ -50,12 +51,13 @@ def _pad_rows(rows: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np
 
 def collect(spec: TaskSpec, outputs: Iterable[tuple[Batch, torch.Tensor]]) -> TaskPredictions:
     """Task outputs of batches (any order) → TaskPredictions in dataset order (by example_ids)."""
+    grouped = task_type_of(spec).grouped
     ids: list[int] = []
     rows: list = []
     labels: list = []
     for batch, output in outputs:
         ids.extend(batch.example_ids)
-        if spec.type == "ranking":
+        if grouped:
             rows.extend(_ranking_rows(output, batch))
         else:
             rows.extend(output.detach().float().cpu().numpy())
@@ -64,7 +66,7 @@ def collect(spec: TaskSpec, outputs: Iterable[tuple[Batch, torch.Tensor]]) -> Ta
     order = np.argsort(np.asarray(ids), kind="stable")
     ordered = [rows[i] for i in order]
     gold = np.asarray([labels[i] for i in order]) if len(labels) == len(ids) else None
-    if spec.type == "ranking":
+    if grouped:
         scores, mask = _pad_rows(ordered)
         return TaskPredictions(outputs=scores, mask=mask, labels=gold)
     return TaskPredictions(outputs=np.stack(ordered), mask=None, labels=gold)
@@ -91,13 +93,7 @@ def predict(model: nn.Module, batches: Iterable[Batch], spec: TaskSpec, device: 
 def metrics_of(spec: TaskSpec, predictions: TaskPredictions) -> dict[str, float]:
     if predictions.labels is None:
         raise ValueError(f"task {spec.name}: cannot compute metrics of unlabelled data")
-    outputs = predictions.outputs
-    if spec.type == "classification":
-        packed = Predictions(gold=predictions.labels, pred=outputs.argmax(-1))
-    elif spec.type == "regression":
-        packed = Predictions(gold=predictions.labels, pred=outputs)
-    else:
-        packed = Predictions(gold=predictions.labels, scores=outputs, mask=predictions.mask)
+    packed = task_type_of(spec).metric_inputs(predictions.labels, predictions.outputs, predictions.mask)
     return compute_metrics(spec.metrics, packed)
 
 

@@ -1,8 +1,8 @@
 """SMART, its Bregman teacher and the adversarial family inside a `transformers.Trainer`.
 
     from mtsmart.hf import SmartTrainer
-    from mtsmart.smart import SmartConfig
-    from mtsmart.bregman import BregmanConfig
+    from mtsmart.smart_config import SmartConfig
+    from mtsmart.bregman_config import BregmanConfig
 
     trainer = SmartTrainer(model=model, args=args, train_dataset=train, eval_dataset=dev,
                            smart=SmartConfig(weight=1.0), bregman=BregmanConfig(mu=1.0))
@@ -28,13 +28,16 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from mtsmart.adversarial.base import build_adversary
 from mtsmart.adversarial.config import AdversarialConfig
+from mtsmart.adversarial.registry import build_adversary
 from mtsmart.batch import Batch
-from mtsmart.bregman import BregmanConfig, BregmanProximal
-from mtsmart.smart import SmartConfig
+from mtsmart.bregman import BregmanProximal
+from mtsmart.bregman_config import BregmanConfig
+from mtsmart.logger import ScalarMeter
+from mtsmart.smart_config import SmartConfig
+from mtsmart.step import train_microbatch
 from mtsmart.task_spec import TaskSpec
-from mtsmart.train import ScalarMeter, train_microbatch
+from mtsmart.task_types import task_type_of
 
 TASK = "task"  # the view's one task name
 STATE_FILE = "mtsmart_state.pt"  # the teacher and the regulariser's counters, beside the Trainer's files
@@ -106,9 +109,10 @@ class SmartTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.smart_config = smart or SmartConfig()
         self.bregman_config = bregman or BregmanConfig()
-        self.adversarial_config = adversarial or AdversarialConfig(method="smart")
+        self.adversarial_config = adversarial or AdversarialConfig()  # SMART's Rs
         self.view = SequenceClassifierView(self.model)
         self.adversary = build_adversary(self.adversarial_config, self.smart_config)
+        self.adversary.check_task_types([task_type_of(spec) for spec in self.view.specs.values()])
         self.bregman: Optional[BregmanProximal] = None  # built at the first step, when max_steps is known
         self._resume_state: Optional[str] = None
         self._meter = ScalarMeter()
@@ -166,7 +170,7 @@ class SmartTrainer(Trainer):
         super()._save_checkpoint(model, trial)
         if self.args.should_save and self.bregman is not None:
             folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            state = {"bregman": self._bregman_state(), "adversary": self.adversary.state_dict()}
+            state = {"bregman": self.bregman.teacher_state_dict(), "adversary": self.adversary.state_dict()}
             torch.save(state, os.path.join(folder, STATE_FILE))
 
     def _load_optimizer_and_scheduler(self, checkpoint: Optional[str]) -> None:
@@ -177,18 +181,10 @@ class SmartTrainer(Trainer):
                 raise FileNotFoundError(f"{self._resume_state}: the checkpoint has no mtsmart state (teacher, counters); "
                                         "it was not written by mtsmart.hf.SmartTrainer")
 
-    def _bregman_state(self) -> dict[str, Any]:
-        state = self.bregman.state_dict()
-        state.pop("optimizer")  # the Trainer saves the optimizer itself
-        return state
-
     def _load_mtsmart_state(self, path: str) -> None:
         state = torch.load(path, map_location=self.args.device, weights_only=True)
-        bregman = state["bregman"]
-        if bregman["total_updates"] != self.bregman.total_updates:
-            raise ValueError(f"{path}: the teacher's schedule was for {bregman['total_updates']} updates, "
-                             f"this run has {self.bregman.total_updates}")
-        if self.bregman.teacher is not None:
-            self.bregman.teacher.load_state_dict(bregman["teacher"])
-        self.bregman.updates = int(bregman["updates"])
+        try:
+            self.bregman.load_teacher_state_dict(state["bregman"])  # the Trainer restores the optimizer itself
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
         self.adversary.load_state_dict(state["adversary"])

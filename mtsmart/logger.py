@@ -1,4 +1,4 @@
-"""Scalars to TensorBoard (rank 0 only) — four methods, nothing else."""
+"""Scalars to TensorBoard (rank 0 only), and their means over a logging interval."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,3 +29,19 @@ class MetricLogger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+class ScalarMeter:
+    """Means of scalars over a logging interval (each tag over the steps that reported it)."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, scalars: Mapping[str, float]) -> None:
+        for tag, value in scalars.items():
+            self.sums[tag] = self.sums.get(tag, 0.0) + value
+            self.counts[tag] = self.counts.get(tag, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        return {tag: self.sums[tag] / self.counts[tag] for tag in self.sums}

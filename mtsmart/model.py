@@ -90,7 +90,7 @@ class MultiTaskModel(nn.Module):
         """The word-embedding output x (N, T, H): what `inputs_embeds` takes.
 
         Position and token-type embeddings and the embedding LayerNorm are added by the encoder
-        after this, so perturbing and feeding back x never applies them twice (SMART.md §4.2).
+        after this, so perturbing and feeding back x never applies them twice (docs/method.md "What x is").
         """
         return self.encoder.get_input_embeddings()(input_ids)
 
@@ -118,7 +118,7 @@ def task_output(model: nn.Module, batch: Batch, inputs_embeds: Optional[torch.Te
 
     `model` may be a MultiTaskModel or a DistributedDataParallel wrapping one.
     """
-    spec = _unwrap(model).specs[batch.task]
+    spec = unwrap(model).specs[batch.task]
     ids = batch.input_ids if inputs_embeds is None else None
     raw = model(
         task=batch.task,
@@ -138,7 +138,7 @@ def output_fn(model: nn.Module, batch: Batch) -> Callable[[torch.Tensor], torch.
 def embedding_module(model: nn.Module) -> nn.Module:
     """The encoder's embedding module (word + position + type embeddings, LayerNorm, dropout)
     whose output feeds the first layer: `.embeddings` in BERT, RoBERTa, ELECTRA and DeBERTa-v2/v3."""
-    encoder = _unwrap(model).encoder
+    encoder = unwrap(model).encoder
     if not hasattr(encoder, "embeddings"):
         raise ValueError(f"{type(encoder).__name__} has no `embeddings` module whose output could be perturbed")
     return encoder.embeddings
@@ -147,7 +147,7 @@ def embedding_module(model: nn.Module) -> nn.Module:
 @contextlib.contextmanager
 def captured_embedding_output(model: nn.Module) -> Iterator[list[torch.Tensor]]:
     """Collects the embedding module's output (N, T, H) of the forwards run inside the block,
-    still in the autograd graph: the x of `smart.input=embedding_output` (SMART.md §7)."""
+    still in the autograd graph: the x of `smart.input=embedding_output` (docs/method.md "Two readings")."""
     captured: list[torch.Tensor] = []
     handle = embedding_module(model).register_forward_hook(lambda module, args, output: captured.append(output))
     try:
@@ -171,7 +171,8 @@ def embedding_output_fn(model: nn.Module, batch: Batch) -> Callable[[torch.Tenso
     return forward
 
 
-def _unwrap(model: nn.Module) -> "MultiTaskModel":
+def unwrap(model: nn.Module) -> "MultiTaskModel":
+    """The model inside a DistributedDataParallel wrapper (which keeps it in `.module`), or the model itself."""
     return model.module if hasattr(model, "module") else model
 
 

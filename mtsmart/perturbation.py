@@ -1,11 +1,11 @@
 """Norms, normalisation and projection of embedding perturbations δ = x̃ − x.
 
 Shapes: δ, g and `mask` broadcast as (B, T, H) and (B, T, 1). A perturbation *unit* is one token
-(level "token": the norm is over H) or one example (level "sentence": the norm is over T×H).
+(level "token": the norm is over H) or one example (level "example": the norm is over T×H).
 Padding positions (mask 0) are never perturbed: every function here returns exact zeros there.
 
 `radius` is a float or a tensor of per-unit radii shaped like `unit_norm(...)` returns, so ε may
-be absolute or relative to each unit's embedding norm (SMART.md §6).
+be absolute or relative to each unit's embedding norm (docs/method.md "The radius").
 """
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from typing import Literal, Union
 import torch
 
 Norm = Literal["inf", "l2", "l1"]
-Level = Literal["token", "sentence"]
+Level = Literal["token", "example"]
 NORMS = ("inf", "l2", "l1")
-LEVELS = ("token", "sentence")
+LEVELS = ("token", "example")
 Radius = Union[float, torch.Tensor]
 
 # Guards a division by the norm of an all-zero unit (padding, or a vanishing gradient).
@@ -26,13 +26,13 @@ _TINY = 1e-12
 def _unit_dims(level: str) -> tuple[int, ...]:
     if level == "token":
         return (-1,)
-    if level == "sentence":
+    if level == "example":
         return (-2, -1)
     raise ValueError(f"unknown perturbation level {level!r}; choose one of {LEVELS}")
 
 
 def unit_norm(v: torch.Tensor, norm: str, level: str) -> torch.Tensor:
-    """‖v‖_p per unit, kept as broadcastable dims: (B, T, 1) for tokens, (B, 1, 1) for sentences."""
+    """‖v‖_p per unit, kept as broadcastable dims: (B, T, 1) for tokens, (B, 1, 1) for examples."""
     dims = _unit_dims(level)
     if norm == "inf":
         return v.abs().amax(dim=dims, keepdim=True)
@@ -60,7 +60,7 @@ def steepest_ascent(g: torch.Tensor, norm: str, level: str, mask: torch.Tensor) 
     if norm == "l2":
         return g / (unit_norm(g, "l2", level) + _TINY)
     if norm == "l1":
-        flat = g.flatten(start_dim=-2) if level == "sentence" else g
+        flat = g.flatten(start_dim=-2) if level == "example" else g
         top = flat.abs().argmax(dim=-1, keepdim=True)
         d = torch.zeros_like(flat).scatter_(-1, top, 1.0) * torch.sign(flat)
         return d.view_as(g)
@@ -90,8 +90,8 @@ def project(delta: torch.Tensor, radius: Radius, norm: str, level: str, mask: to
 def _project_l1(delta: torch.Tensor, radius: torch.Tensor, level: str) -> torch.Tensor:
     """Duchi et al. (2008), Fig. 1, vectorised over units: returns sign(v)·max(|v| − θ, 0)."""
     shape = delta.shape
-    flat = delta.flatten(start_dim=-2) if level == "sentence" else delta  # (..., n)
-    if level == "sentence" and radius.dim() > 0:
+    flat = delta.flatten(start_dim=-2) if level == "example" else delta  # (..., n)
+    if level == "example" and radius.dim() > 0:
         radius = radius.flatten(start_dim=-2)  # (B, 1, 1) -> (B, 1)
     radius = radius.expand(*flat.shape[:-1], 1)
     # The threshold in float64: a float32 cumulative sum over thousands of coordinates drifts
@@ -116,7 +116,7 @@ def token_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor
 
 
 def unit_radius(embeds: torch.Tensor, epsilon: float, relative: bool, norm: str, level: str) -> Radius:
-    """ε itself, or ε · ‖x‖_p of each unit's own embedding when ε is relative (SMART.md §6)."""
+    """ε itself, or ε · ‖x‖_p of each unit's own embedding when ε is relative (docs/method.md "The radius")."""
     if not relative:
         return epsilon
     return epsilon * unit_norm(embeds.detach(), norm, level)

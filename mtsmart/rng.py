@@ -2,7 +2,7 @@
 
 SMART's Rs compares f(x̃; θ) with f(x; θ). In training mode f is random (dropout): with
 independent masks, ℓs(f(x̃), f(x)) measures mostly the dropout noise, not the perturbation
-(SMART.md §6 puts the perturbation's effect at ~1e-7 at the paper's ε). Replaying the clean
+(docs/method.md "The radius" puts the perturbation's effect at ~1e-7 at the paper's ε). Replaying the clean
 forward's random state makes both forwards use one sampled sub-network, so Rs is the smoothness
 of one function, as Eq. (1) defines it.
 """

@@ -18,16 +18,16 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-from torch import nn
-from transformers import AutoConfig, AutoModel
 
+from mtsmart.build import (
+    autocast_factory, build_eval_sets, build_tokenizer, build_untrained_encoder, device_of, load_run_specs,
+)
 from mtsmart.checkpoint import CheckpointError, load_model_weights, read_state, step_checkpoints, verify
 from mtsmart.config import Config, load_config
-from mtsmart.model import TINY, MultiTaskModel, load_encoder, load_tokenizer, resolve_pretrained_path
+from mtsmart.model import MultiTaskModel
 from mtsmart.task_spec import TaskSpec
 from mtsmart.evaluate import EvalSet
 from mtsmart.precision import resolve_precision
-from mtsmart.train import autocast_factory, build_eval_sets, device_of, load_run_specs
 
 
 class RunDirError(ValueError):
@@ -78,18 +78,6 @@ def run_config(run: Path, data_root: Optional[str] = None) -> Config:
     return cfg
 
 
-def build_encoder(cfg: Config, vocab_size: int) -> nn.Module:
-    """The encoder's architecture with untrained weights (the checkpoint supplies them)."""
-    model = cfg.model
-    if model.name_or_path == TINY:
-        return load_encoder(TINY, vocab_size, model.attn_implementation, model.tiny_hidden_size, model.tiny_layers, model.tiny_heads)
-    config = AutoConfig.from_pretrained(resolve_pretrained_path(model.name_or_path))
-    encoder = AutoModel.from_config(config, attn_implementation=model.attn_implementation)
-    if getattr(encoder, "pooler", None) is not None:
-        encoder.pooler = None  # as mtsmart.model.load_encoder: the heads read the first token
-    return encoder
-
-
 def load_run(
     run: Path | str, checkpoint: str = "last", data_root: Optional[str] = None, device: Optional[torch.device] = None
 ) -> LoadedRun:
@@ -101,8 +89,8 @@ def load_run(
     if state["model_name"] != cfg.model.name_or_path:
         raise RunDirError(f"{directory}: checkpoint of model {state['model_name']!r}, {run / 'config.yaml'} says {cfg.model.name_or_path!r}")
     specs = load_run_specs(run, cfg)
-    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.tokenizer)
-    model = MultiTaskModel(build_encoder(cfg, len(tokenizer)), specs)
+    tokenizer = build_tokenizer(cfg)
+    model = MultiTaskModel(build_untrained_encoder(cfg, len(tokenizer)), specs)
     try:
         load_model_weights(model, directory)
     except RuntimeError as error:  # shape mismatch: a task file changed since training

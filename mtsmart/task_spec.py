@@ -21,7 +21,8 @@ from typing import Any, Optional
 
 import yaml
 
-TASK_TYPES = ("classification", "regression", "ranking")
+from mtsmart.task_types import TASK_TYPES
+
 KNOWN_METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman", "acc_at_1", "mrr")
 
 # tasks/ beside the package: the task files of an editable install or a source checkout.
@@ -49,7 +50,7 @@ class TaskSpec:
     @property
     def num_outputs(self) -> int:
         """Width of the head: one logit per class, or one score per sequence."""
-        return len(self.labels) if self.type == "classification" else 1
+        return TASK_TYPES[self.type].num_outputs(self.labels)
 
 
 _REQUIRED = ("name", "type", "metrics")
@@ -74,7 +75,7 @@ def parse_task_spec(raw: dict[str, Any], path: Path) -> TaskSpec:
             raise _fail(path, f"missing key {key!r}")
     task_type = raw["type"]
     if task_type not in TASK_TYPES:
-        raise _fail(path, f"key 'type': {task_type!r} is not one of {TASK_TYPES}")
+        raise _fail(path, f"key 'type': {task_type!r} is not one of {tuple(TASK_TYPES)}")
     metrics = tuple(raw["metrics"])
     for metric in metrics:
         if metric not in KNOWN_METRICS:
@@ -85,11 +86,10 @@ def parse_task_spec(raw: dict[str, Any], path: Path) -> TaskSpec:
         if not isinstance(label, str):
             raise _fail(path, f"key 'labels': {label!r} is not a string; quote labels in YAML, e.g. [\"0\", \"1\"]")
     labels = tuple(raw_labels)
-    if task_type == "classification" and len(labels) < 2:
-        raise _fail(path, "key 'labels': a classification task needs at least two labels")
     positive = raw.get("positive_label")
-    if task_type == "ranking" and positive not in labels:
-        raise _fail(path, f"key 'positive_label': {positive!r} must be one of labels {labels}")
+    problem = TASK_TYPES[task_type].check_labels(labels, positive)
+    if problem:
+        raise _fail(path, problem)
     score_range = raw.get("score_range")
     if score_range is not None:
         if not isinstance(score_range, list) or len(score_range) != 2:

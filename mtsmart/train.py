@@ -1,51 +1,41 @@
 """The training recipe: setup → one readable loop → results.
 
 Per optimizer step (SMART Algorithm 1 with S inner steps inside the Bregman wrapper):
-  task ← sampler;  x ← word embeddings;  f(x; θ) once (shared by L, Rs and D_Breg)
-  loss = L(f(x), y) + μ·D_Breg(θ, θ̃) + [λs·Rs or another adversarial term]
-  backward → clip → AdamW step → θ̃ update every S steps → log / evaluate / checkpoint.
+  task ← sampler;  micro-batches → `mtsmart.step.train_microbatch` (forward, L + μ·D_Breg + the
+  regulariser's term, backward);  clip → AdamW step → θ̃ update every S steps → log / evaluate /
+  checkpoint.
 
-Under torchrun (docs/distributed.md) every rank draws the same task and trains on its shard of
-the global batch; gradients are averaged over ranks (mtsmart.distributed); rank 0 alone logs
-and writes files.
+The components come from `mtsmart.build`; this module is the recipe only, and only the CLI
+imports it. Under torchrun (docs/distributed.md) every rank draws the same task and trains on
+its shard of the global batch; gradients are averaged over ranks (mtsmart.distributed); rank 0
+alone logs and writes files.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
-from torch import nn
 
+from mtsmart import build
 from mtsmart import checkpoint as ckpt
-from mtsmart import rng
 from mtsmart import distributed
-from mtsmart.adversarial.base import AdversarialContext, build_adversary
 from mtsmart.allocator import keep_freed_memory
-from mtsmart.batch import Batch
-from mtsmart.bregman import BregmanProximal
 from mtsmart.config import Config, ConfigError, save_config
-from mtsmart.data.encoding import encode_split
-from mtsmart.data.loader import TaskLoader, eval_batches, subsample
-from mtsmart.data.readers import read_split
-from mtsmart.evaluate import EvalSet
-from mtsmart.io import atomic_write_json, atomic_write_text, check_writable_dir
-from mtsmart.logger import MetricLogger
-from mtsmart.model import MultiTaskModel, captured_embedding_output, load_encoder, load_tokenizer, task_output
-from mtsmart.perturbation import token_mask
+from mtsmart.io import atomic_write_json, check_writable_dir
+from mtsmart.logger import MetricLogger, ScalarMeter
+from mtsmart.model import unwrap
 from mtsmart.precision import resolve_precision
 from mtsmart.progress import progress_line
 from mtsmart.run_info import run_info, seed_everything
 from mtsmart.sampler import TaskSampler
-from mtsmart.smart import SmartRegularizer
 from mtsmart.schedule import linear_warmup_decay
-from mtsmart.task_spec import DEFAULT_TASKS_DIR, TaskSpec, load_task_spec
-from mtsmart.task_types import task_type_of
+from mtsmart.step import train_microbatch
+from mtsmart.step_times import StepTimes
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -65,87 +55,6 @@ class TrainState:
     best_results: dict = field(default_factory=dict)
 
 
-# --------------------------------------------------------------------------- setup
-
-
-def device_of() -> torch.device:
-    """The device of a one-process run (under torchrun: mtsmart.distributed.setup)."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def autocast_factory(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    if precision == "fp32":
-        return contextlib.nullcontext
-    if precision not in ("bf16", "fp16"):
-        raise ValueError(f"autocast_factory: precision {precision!r} is not fp32, bf16 or fp16 (resolve auto first)")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def load_specs(cfg: Config) -> dict[str, TaskSpec]:
-    tasks_dir = Path(cfg.tasks_dir) if cfg.tasks_dir else DEFAULT_TASKS_DIR
-    specs = [load_task_spec(name, tasks_dir) for name in cfg.tasks]
-    names = [s.name for s in specs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"tasks: a task is listed twice: {names}")
-    return {s.name: s for s in specs}
-
-
-def build_train_loaders(
-    cfg: Config, specs: dict[str, TaskSpec], tokenizer, world: distributed.World
-) -> dict[str, TaskLoader]:
-    """One loader per task; each rank takes its shard of every global micro-batch."""
-    loaders = {}
-    for name, spec in specs.items():
-        items = encode_split(spec, read_split(spec, "train", cfg.data), tokenizer, cfg.data.max_seq_len)
-        items = subsample(items, cfg.data.train_fraction, cfg.train.seed, cfg.data.train_examples)
-        loaders[name] = TaskLoader(
-            name,
-            items,
-            batch_size=cfg.train.batch_size // cfg.train.grad_accum,
-            seed=cfg.train.seed,
-            pad_token_id=tokenizer.pad_token_id,
-            shuffle=True,
-            group_by_length=cfg.data.group_by_length,
-            rank=world.rank,
-            world_size=world.world_size,
-        )
-    return loaders
-
-
-def build_eval_sets(cfg: Config, specs: dict[str, TaskSpec], tokenizer) -> list[EvalSet]:
-    sets = []
-    for spec in specs.values():
-        for eval_name, split in spec.eval_splits.items():
-            items = encode_split(spec, read_split(spec, split, cfg.data), tokenizer, cfg.data.max_seq_len)
-            if cfg.eval.max_examples > 0:
-                items = items[: cfg.eval.max_examples]
-            batches = list(eval_batches(spec.name, items, cfg.eval.batch_size, tokenizer.pad_token_id))
-            sets.append(EvalSet(name=eval_name, spec=spec, batches=batches))
-    return sets
-
-
-def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.AdamW:
-    """AdamW with decoupled weight decay, none on biases and LayerNorm weights (1-dim tensors)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": cfg.train.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    # fused=True: one kernel per step; on CPU tensors torch otherwise loops over them in Python
-    # (0.152 s -> 0.017 s per MiniLM step, docs/performance.md). Same update to float rounding
-    # (tests/test_throughput.py).
-    return torch.optim.AdamW(groups, lr=cfg.train.lr, eps=cfg.train.adam_eps, fused=True)
-
-
-def total_steps(cfg: Config, loaders: dict[str, TaskLoader]) -> int:
-    if cfg.train.max_steps > 0:
-        return cfg.train.max_steps
-    steps_per_epoch = sum(loader.steps_per_epoch for loader in loaders.values()) // cfg.train.grad_accum
-    return max(1, int(cfg.train.epochs * steps_per_epoch))
-
-
 def validate(cfg: Config, world_size: int) -> None:
     """Combinations that cannot work, refused before anything is loaded."""
     if (cfg.train.batch_size // cfg.train.grad_accum) % world_size:
@@ -155,100 +64,6 @@ def validate(cfg: Config, world_size: int) -> None:
         )
     if cfg.train.precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 on the CPU")
-
-
-class ScalarMeter:
-    """Means of scalars over a logging interval (each tag over the steps that reported it)."""
-
-    def __init__(self):
-        self.sums: dict[str, float] = {}
-        self.counts: dict[str, int] = {}
-
-    def add(self, scalars: dict[str, float]) -> None:
-        for tag, value in scalars.items():
-            self.sums[tag] = self.sums.get(tag, 0.0) + value
-            self.counts[tag] = self.counts.get(tag, 0) + 1
-
-    def means(self) -> dict[str, float]:
-        return {tag: self.sums[tag] / self.counts[tag] for tag in self.sums}
-
-
-def check_divergences(cfg: Config, specs: dict[str, TaskSpec]) -> None:
-    """smart.inner_div / outer_div that do not fit a task type are refused before any loading
-    (the Bregman wrapper checks bregman.divergence when it is built)."""
-    if cfg.adversarial.method == "smart" and cfg.smart.weight > 0:
-        SmartRegularizer(cfg.smart).check_task_types({spec.type for spec in specs.values()})
-
-
-# --------------------------------------------------------------------------- one step
-
-
-def train_microbatch(
-    model: nn.Module,
-    batch: Batch,
-    adversary,
-    bregman: BregmanProximal,
-    backward: Callable[[torch.Tensor], None],
-    autocast,
-) -> dict[str, float]:
-    """Forward, losses and backward of one micro-batch; returns the scalars to log."""
-    task_type = task_type_of(model_core(model).specs[batch.task])
-    stats: dict[str, float] = {}
-    with autocast():
-        embeds = model_core(model).word_embeddings(batch.input_ids)  # x (N, T, H)
-        needs_clean = not adversary.replaces_task_loss or bregman.enabled
-        clean_rng = rng.snapshot(embeds.device)  # the clean forward's dropout masks, for SMART to replay
-        capture = adversary.perturbs == "embedding_output"  # smart.input=embedding_output (SMART.md §7)
-        with captured_embedding_output(model) if capture else contextlib.nullcontext([]) as captured:
-            clean = task_output(model, batch, inputs_embeds=embeds) if needs_clean else None
-        task_loss = task_type.loss(clean, batch.labels) if clean is not None else None
-        loss = None if adversary.replaces_task_loss else task_loss
-        if bregman.enabled:
-            term = bregman.term(model, batch, clean)
-            loss = term.loss if loss is None else loss + term.loss
-            stats["bregman/reg"] = term.divergence
-        context = AdversarialContext(
-            model=model,
-            batch=batch,
-            task_type=task_type,
-            embeds=embeds,
-            mask=token_mask(batch.attention_mask, embeds.dtype),
-            clean_output=clean,
-            task_loss=task_loss,
-            loss=loss,
-            backward=backward,
-            clean_rng=clean_rng,
-            embedding_output=captured[0] if captured else None,
-        )
-        result = adversary(context)
-    if result.loss is not None:
-        backward(result.loss)
-    if task_loss is not None:
-        stats["loss"] = task_loss.item()
-    stats["adv/loss"] = result.adv_loss
-    stats["adv/delta_norm"] = result.delta_norm
-    stats.update({f"adv/{k}": v for k, v in result.stats.items()})
-    return stats
-
-
-RUN_TASKS_DIR = "tasks"  # copies of the run's task files: evaluation reads these, not today's tasks/
-
-
-def save_task_files(specs: dict[str, TaskSpec], folder: Path) -> None:
-    for name, spec in specs.items():
-        atomic_write_text(folder / f"{name}.yaml", Path(spec.source_file).read_text(encoding="utf-8"))
-
-
-def load_run_specs(run: Path, cfg: Config) -> dict[str, TaskSpec]:
-    """The task definitions a run was trained with (its own copies; older runs: cfg's files)."""
-    folder = run / RUN_TASKS_DIR
-    if not folder.is_dir():
-        return load_specs(cfg)
-    return {p.stem: load_task_spec(str(p)) for p in sorted(folder.glob("*.yaml"))}
-
-
-def model_core(model: nn.Module) -> MultiTaskModel:
-    return model.module if hasattr(model, "module") else model
 
 
 # --------------------------------------------------------------------------- the loop
@@ -273,13 +88,14 @@ class Trainer:
         # Process-wide and for the process's lifetime: glibc keeps the memory a step frees.
         self.keeps_freed_memory = cfg.train.keep_freed_memory and keep_freed_memory()
         seed_everything(cfg.train.seed)  # the same weights on every rank (DDP also broadcasts rank 0's)
-        self.autocast = autocast_factory(cfg.train.precision, self.device)
+        self.autocast = build.autocast_factory(cfg.train.precision, self.device)
 
-        self.specs = load_specs(cfg)
-        check_divergences(cfg, self.specs)
-        self.tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.tokenizer)
-        self.loaders = build_train_loaders(cfg, self.specs, self.tokenizer, self.world)
-        self.eval_sets = build_eval_sets(cfg, self.specs, self.tokenizer)
+        self.specs = build.load_specs(cfg)
+        # Its options are checked against the task types here, before anything is loaded.
+        self.adversary = build.build_adversary(cfg, self.specs)
+        self.tokenizer = build.build_tokenizer(cfg)
+        self.loaders = build.build_train_loaders(cfg, self.specs, self.tokenizer, self.world)
+        self.eval_sets = build.build_eval_sets(cfg, self.specs, self.tokenizer)
         # The same seed on every rank: all ranks draw the same task at every step.
         self.sampler = TaskSampler(
             list(self.specs),
@@ -288,29 +104,24 @@ class Trainer:
             cfg.data.temperature,
             cfg.train.seed,
         )
-        encoder = load_encoder(
-            cfg.model.name_or_path,
-            len(self.tokenizer),
-            cfg.model.attn_implementation,
-            cfg.model.tiny_hidden_size,
-            cfg.model.tiny_layers,
-            cfg.model.tiny_heads,
-        )
-        self.model = distributed.wrap(MultiTaskModel(encoder, self.specs).to(self.device), self.device)
+        self.model = distributed.wrap(build.build_model(cfg, self.specs, self.tokenizer, self.device), self.device)
         # Dropout and SMART's noise: an independent stream per rank (rank 0's is the one-process one).
         seed_everything(cfg.train.seed + self.world.rank)
-        self.total_steps = total_steps(cfg, self.loaders)
+        self.total_steps = build.total_steps(cfg, self.loaders)
         self.warmup_steps = int(cfg.train.warmup_ratio * self.total_steps)
         # θ̃ is copied from the (broadcast) parameters, so it is identical on every rank.
-        self.bregman = BregmanProximal(build_optimizer(self.model, cfg), self.model, cfg.bregman, self.total_steps)
-        self.adversary = build_adversary(cfg.adversarial, cfg.smart)
-        self.ddp_reduces = distributed.reduces_in_backward(cfg.adversarial.method, cfg.adversarial.scope)
+        self.bregman = build.build_bregman(self.model, cfg, self.total_steps)
+        # DDP's hooks average the gradients in a backward only when it is the micro-batch's only one.
+        self.ddp_reduces = not self.adversary.extra_backward
         self.backward_calls = 0
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.precision == "fp16")
         self.state = TrainState()
         if self.resume_from is not None:
             ckpt.load(self.resume_from, self.stateful(), cfg, self.world.rank, self.world.world_size)
+        # A resumed run writes its own config, run_info and step times beside the first ones.
+        self.files_suffix = "" if self.resume_from is None else f".resumed_step_{self.state.step}"
         self.logger = MetricLogger(self.out / "tb" if self.world.is_main else None)
+        self.step_times = StepTimes() if cfg.train.record_step_times and self.world.is_main else None
         if self.world.is_main:
             self.write_run_files(command_line)
         distributed.barrier()
@@ -339,7 +150,7 @@ class Trainer:
     def write_run_files(self, command_line: Optional[list[str]]) -> None:
         """config.yaml and run_info.json; a resumed run adds its own copies beside the first ones."""
         self.out.mkdir(parents=True, exist_ok=True)
-        suffix = "" if self.resume_from is None else f".resumed_step_{self.state.step}"
+        suffix = self.files_suffix
         save_config(self.cfg, self.out / f"config{suffix}.yaml")
         info = {**run_info(self.cfg, command_line), "world_size": self.world.world_size,
                 "precision": self.cfg.train.precision,
@@ -348,14 +159,14 @@ class Trainer:
             info["resumed_from"] = str(self.resume_from)
         atomic_write_json(self.out / f"run_info{suffix}.json", info)
         if self.resume_from is None:
-            save_task_files(self.specs, self.out / RUN_TASKS_DIR)
+            build.save_task_files(self.specs, self.out / build.RUN_TASKS_DIR)
 
     # ----------------------------------------------------------------- checkpoint glue
 
     def stateful(self) -> dict:
         """Everything that shapes the rest of the run, by name (see mtsmart.checkpoint)."""
         return {
-            "model": model_core(self.model),
+            "model": unwrap(self.model),
             "bregman": self.bregman,
             "adversary": self.adversary,
             "sampler": self.sampler,
@@ -384,12 +195,12 @@ class Trainer:
             group["lr"] = lr
         return lr
 
-    def accumulate_gradients(self, task: str) -> tuple[list[dict[str, float]], int]:
+    def accumulate_gradients(self, task: str) -> tuple[list[dict[str, float]], int, int]:
         """Forward/backward of the step's micro-batches; gradients averaged over ranks at the end.
 
-        Returns each micro-batch's scalars and the examples of the step over all ranks.
+        Returns each micro-batch's scalars, and the examples and padded tokens of the step over all ranks.
         """
-        stats, examples = [], 0
+        stats, examples, tokens = [], 0, 0
         for micro in range(self.cfg.train.grad_accum):
             batch = self.loaders[task].next_batch().to(self.device)
             sync = self.ddp_reduces and micro == self.cfg.train.grad_accum - 1  # DDP reduces in this backward
@@ -398,13 +209,14 @@ class Trainer:
                 stats.append(train_microbatch(self.model, batch, self.adversary, self.bregman, self.backward, self.autocast))
             if sync and self.world.enabled and self.backward_calls > 1:
                 raise RuntimeError(
-                    f"adversarial.method={self.cfg.adversarial.method} back-propagated {self.backward_calls} times in one "
-                    "micro-batch; add it to mtsmart.distributed.MULTI_BACKWARD_METHODS so DDP averages its gradients"
+                    f"{type(self.adversary).__name__} back-propagated {self.backward_calls} times in one micro-batch "
+                    "but does not declare extra_backward = True, which DDP needs to average its gradients"
                 )
             examples += batch.num_examples
+            tokens += batch.input_ids.numel()
         if not self.ddp_reduces:
             distributed.average_gradients(self.model)
-        return stats, examples * self.world.world_size  # equal shards on every rank
+        return stats, examples * self.world.world_size, tokens * self.world.world_size  # equal shards on every rank
 
     def optimizer_step(self, losses_finite: bool) -> Optional[float]:
         """Clip, step, and update the teacher; None (nothing applied) when a loss or gradient was not finite.
@@ -436,7 +248,7 @@ class Trainer:
             )
 
     def run_evaluation(self) -> dict[str, float]:
-        results = distributed.evaluate_sharded(model_core(self.model), self.eval_sets, self.device, self.autocast, self.world)
+        results = distributed.evaluate_sharded(unwrap(self.model), self.eval_sets, self.device, self.autocast, self.world)
         self.logger.log_dict({f"eval/{k}": v for k, v in results.items()}, self.state.step)
         if results["avg"] > self.state.best_avg:
             self.state.best_avg = results["avg"]
@@ -452,7 +264,7 @@ class Trainer:
         scalars.update({f"train/{key}": value for key, value in merged.items()})
         if "loss" in merged:
             scalars[f"train/{task}/loss"] = merged["loss"]
-        if self.cfg.adversarial.method != "none":
+        if "adv/loss" in merged:
             scalars[f"train/adv/{task}/loss"] = merged["adv/loss"]
         if self.bregman.enabled:
             scalars[f"train/bregman/{task}/reg"] = merged["bregman/reg"]
@@ -469,6 +281,11 @@ class Trainer:
             print(progress_line(self.state.step, self.total_steps, scalars.get("train/loss"),
                                 scalars["train/examples_per_s"], time.perf_counter() - self.fit_started,
                                 self.state.step - self.fit_start_step), flush=True)
+
+    def write_step_times(self) -> None:
+        """step_times.tsv of this process's steps (a resumed run writes its own file beside it)."""
+        if self.step_times is not None:
+            self.step_times.write(self.out / f"step_times{self.files_suffix}.tsv")
 
     # ----------------------------------------------------------------- the loop
 
@@ -497,7 +314,7 @@ class Trainer:
         while self.state.step < self.total_steps:
             lr = self.set_lr()
             task = self.sampler.next_task()
-            stats, examples = self.accumulate_gradients(task)
+            stats, examples, tokens = self.accumulate_gradients(task)
             grad_norm = self.optimizer_step(all(math.isfinite(v) for s in stats for v in s.values()))
             if grad_norm is None:
                 self.note_nonfinite()
@@ -505,6 +322,8 @@ class Trainer:
             self.state.nonfinite_in_row = 0
             self.state.step += 1
             self.state.examples_seen += examples
+            if self.step_times is not None:
+                self.step_times.record(self.state.step, examples, tokens)
             progress.update(1)
             meter.add(self.step_scalars(task, stats, grad_norm, lr))
             interval_examples += examples
@@ -519,12 +338,14 @@ class Trainer:
             if is_last or stopping or (cfg.train.save_every_steps > 0 and self.state.step % cfg.train.save_every_steps == 0):
                 self.save_checkpoint()
             if stopping and not is_last:
+                self.write_step_times()
                 return {"stopped_at_step": self.state.step}
         if not final:  # resumed a finished run
             final = self.run_evaluation()
         results = {"final": final, "best": {**self.state.best_results, "step": self.state.best_step}}
         if self.world.is_main:
             atomic_write_json(self.out / "results.json", results)
+        self.write_step_times()
         return results
 
 

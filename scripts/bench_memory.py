@@ -55,24 +55,19 @@ def measure(model_name: str, batch: int, seq: int, overrides: list[str]) -> dict
     """One variant, in this process: memory of the second training step."""
     import torch
 
-    from mtsmart.adversarial.base import build_adversary
+    from mtsmart import build
     from mtsmart.batch import Batch
-    from mtsmart.bregman import BregmanProximal
     from mtsmart.config import load_config
-    from mtsmart.model import MultiTaskModel, load_encoder, load_tokenizer
-    from mtsmart.task_spec import load_task_spec
-    from mtsmart.train import build_optimizer, device_of, train_microbatch
+    from mtsmart.step import train_microbatch
 
     cfg = load_config(None, [f"model.name_or_path={model_name}", "tasks=[rte]", *overrides])
-    device = device_of()
+    device = build.device_of()
     torch.manual_seed(0)
-    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.tokenizer)
-    spec = load_task_spec("rte")
-    encoder = load_encoder(cfg.model.name_or_path, len(tokenizer), cfg.model.attn_implementation,
-                           cfg.model.tiny_hidden_size, cfg.model.tiny_layers, cfg.model.tiny_heads)
-    model = MultiTaskModel(encoder, {"rte": spec}).to(device).train()
-    bregman = BregmanProximal(build_optimizer(model, cfg), model, cfg.bregman, total_updates=100)
-    adversary = build_adversary(cfg.adversarial, cfg.smart)
+    specs = build.load_specs(cfg)
+    tokenizer = build.build_tokenizer(cfg)
+    model = build.build_model(cfg, specs, tokenizer, device).train()
+    bregman = build.build_bregman(model, cfg, total_updates=100)
+    adversary = build.build_adversary(cfg, specs)
     ids = torch.randint(1000, len(tokenizer), (batch, seq), device=device)  # full-length rows: the worst case
     data = Batch(task="rte", input_ids=ids, attention_mask=torch.ones_like(ids),
                  token_type_ids=torch.zeros_like(ids), labels=torch.randint(0, 2, (batch,), device=device),

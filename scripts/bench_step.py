@@ -50,18 +50,23 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
 
-from mtsmart.adversarial.base import build_adversary  # noqa: E402
+from mtsmart.adversarial.registry import build_adversary  # noqa: E402
 from mtsmart.adversarial.config import AdversarialConfig  # noqa: E402
 from mtsmart.allocator import keep_freed_memory  # noqa: E402
 from mtsmart.batch import Batch  # noqa: E402
-from mtsmart.bregman import BregmanConfig, BregmanProximal  # noqa: E402
+from mtsmart.adversarial.smart_method import SmartRegularizer  # noqa: E402
+from mtsmart.bregman import BregmanProximal  # noqa: E402
+from mtsmart.bregman_config import BregmanConfig  # noqa: E402
 from mtsmart.divergence import symmetric_kl  # noqa: E402
-from mtsmart.model import MultiTaskModel, load_encoder, load_tokenizer, output_fn, task_output  # noqa: E402
+from mtsmart import build  # noqa: E402
+from mtsmart.config import load_config  # noqa: E402
+from mtsmart.model import MultiTaskModel, output_fn, task_output  # noqa: E402
 from mtsmart.perturbation import token_mask  # noqa: E402
 from mtsmart.rng import snapshot  # noqa: E402
-from mtsmart.smart import SmartConfig, SmartRegularizer  # noqa: E402
+from mtsmart.smart_config import SmartConfig  # noqa: E402
 from mtsmart.task_spec import TaskSpec  # noqa: E402
-from mtsmart.train import train_microbatch  # noqa: E402
+from mtsmart.step import train_microbatch  # noqa: E402
+from mtsmart.task_types import TASK_TYPES  # noqa: E402
 
 TASK = "bench"
 SPEC = TaskSpec(name=TASK, type="classification", metrics=("accuracy",), labels=("a", "b", "c"))
@@ -126,17 +131,16 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def build(args: argparse.Namespace) -> tuple[MultiTaskModel, Batch]:
+def build_model_and_batch(args: argparse.Namespace) -> tuple[MultiTaskModel, Batch]:
+    """The model `mtsmart train` would build (mtsmart.build) with one 3-class head, and a fixed batch."""
     torch.manual_seed(0)
-    if args.quick:
-        vocab_size = 1000
-        encoder = load_encoder("tiny", vocab_size, tiny_hidden_size=32, tiny_layers=2, tiny_heads=2)
-    else:
-        vocab_size = load_tokenizer("minilm", None).vocab_size
-        encoder = load_encoder("minilm", vocab_size)
-    model = MultiTaskModel(encoder, {TASK: SPEC}).train()  # dropout on, as in training
+    overrides = ["model.name_or_path=tiny", "model.tiny_hidden_size=32"] if args.quick else ["model.name_or_path=minilm"]
+    cfg = load_config(None, overrides)
+    tokenizer = build.build_tokenizer(cfg)
+    model = build.build_model(cfg, {TASK: SPEC}, tokenizer, torch.device("cpu")).train()  # dropout on, as in training
+    vocab_size = len(tokenizer)
     # Random ids, no padding: every one of the B × T positions costs what a real token costs.
-    ids = torch.randint(1000 if vocab_size > 2000 else 1, vocab_size, (args.batch_size, args.seq_len))
+    ids = torch.randint(1000, vocab_size, (args.batch_size, args.seq_len))
     batch = Batch(
         task=TASK,
         input_ids=ids,
@@ -169,12 +173,12 @@ def make_step(model, batch, optimizer, regularizer: Callable | None) -> Callable
 
 def mtsmart_term(model, batch, steps: int) -> Callable:
     smart = SmartRegularizer(SmartConfig(steps=steps))
-    return lambda embeds, clean, rng: smart(model, batch, embeds, clean, "classification", clean_rng=rng).loss
+    return lambda embeds, clean, rng: smart.regularize(model, batch, embeds, clean, TASK_TYPES["classification"], clean_rng=rng).loss
 
 
 def peer_term(model, batch, steps: int) -> Callable | None:
     """smart-pytorch 0.0.4's SMARTLoss fed with the word-embedding output x (not the full
-    embedding output, SMART.md §4.2), with its README's divergences; None if not installed."""
+    embedding output, docs/method.md "What x is"), with its README's divergences; None if not installed."""
     try:
         from smart_pytorch import SMARTLoss, kl_loss, sym_kl_loss
     except ImportError:
@@ -392,7 +396,7 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     kept = False if args.glibc_malloc_defaults else keep_freed_memory()
-    model, batch = build(args)
+    model, batch = build_model_and_batch(args)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
     variants: dict[str, Callable[[], None]] = {}
     smart_names: list[str] = []

@@ -18,7 +18,8 @@ import torch
 from mtsmart.data.encoding import encode_split
 from mtsmart.data.loader import TaskLoader
 from mtsmart.data.readers import read_split
-from mtsmart.model import MultiTaskModel, load_encoder, task_output
+from mtsmart import build
+from mtsmart.model import MultiTaskModel, task_output
 from mtsmart.run_dir import load_run
 from mtsmart.task_types import task_type_of
 
@@ -52,7 +53,7 @@ def main() -> None:
                             shuffle=True, group_by_length=True)
         batches[name] = [loader.next_batch() for _ in range(args.batches)]
     torch.manual_seed(run.cfg.train.seed)
-    fresh = MultiTaskModel(load_encoder(run.cfg.model.name_or_path, len(run.tokenizer)), run.specs)
+    fresh = build.build_model(run.cfg, run.specs, run.tokenizer, torch.device("cpu"))
     for label, model in (("fresh encoder", fresh), (f"{run.checkpoint.name} of {args.run}", run.model)):
         norms = encoder_gradient_norms(model, batches)
         print(f"{label}: " + ", ".join(f"{task} {value:.2f}" for task, value in norms.items()))

@@ -1,4 +1,4 @@
-"""The adversarial-training family (SMART.md §3) against formulas recomputed naively here.
+"""The adversarial-training family (docs/adversarial.md) against formulas recomputed naively here.
 
 Every model is a tiny random BERT in eval mode with dropout-free heads, so two computations of
 the same formula give the same gradients.
@@ -12,7 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtsmart.adversarial import AdversarialConfig, AdversarialContext, build_adversary
+from mtsmart.adversarial.base import AdversarialContext
+from mtsmart.adversarial.config import AdversarialConfig
+from mtsmart.adversarial.registry import build_adversary
 from mtsmart.adversarial.base import AdversarialMethod
 from mtsmart.adversarial.freelb import FreeLB
 from mtsmart.adversarial.r3f import R3F
@@ -20,7 +22,9 @@ from mtsmart.batch import Batch
 from mtsmart.divergence import squared_error, symmetric_kl
 from mtsmart.model import MultiTaskModel, load_encoder, task_output
 from mtsmart.perturbation import token_mask
-from mtsmart.smart import SmartConfig, SmartRegularizer
+from mtsmart.adversarial.smart_method import SmartRegularizer
+from mtsmart.smart_config import SmartConfig
+from mtsmart.task_types import TASK_TYPES
 from mtsmart.task_spec import TaskSpec
 from mtsmart.task_types import TASK_TYPES
 
@@ -85,7 +89,7 @@ def run(
     embeds = core.word_embeddings(batch.input_ids)
     mask = token_mask(batch.attention_mask, embeds.dtype)
     clean = task_loss = None
-    if not method.replaces_task_loss:
+    if not method.computes_task_loss:
         clean = task_output(model, batch, inputs_embeds=embeds)
         if batch.labels is not None:
             task_loss = tt.loss(clean, batch.labels)
@@ -166,16 +170,16 @@ def test_fgm_and_fgsm_gradient_is_the_formula(method, task):
     x = model.word_embeddings(batch.input_ids)
     expected = param_grads(model, loss_at(model, batch, x) + loss_at(model, batch, x + r))
     assert_grads_close(actual, expected)
-    assert result.adv_loss == pytest.approx(float(loss_at(model, batch, x + r).detach()), rel=1e-5)
+    assert result.scalars["loss"] == pytest.approx(float(loss_at(model, batch, x + r).detach()), rel=1e-5)
     if method == "fgm":
-        assert result.delta_norm == pytest.approx(eps, rel=1e-5)
+        assert result.scalars["delta_norm"] == pytest.approx(eps, rel=1e-5)
 
 
 @pytest.mark.parametrize("norm", ["l2", "inf"])
 def test_pgd_gradient_is_last_step_loss_with_naive_projected_steps(norm):
     model, batch = make_model(), make_batch("cls")
     eps, alpha, steps = 0.5, 0.3, 3
-    result, actual = run(adversary(method="pgd", epsilon=eps, alpha=alpha, steps=steps, norm=norm), model, batch)
+    result, actual = run(adversary(method="pgd", epsilon=eps, step_size=alpha, steps=steps, norm=norm), model, batch)
 
     mask = token_mask(batch.attention_mask, torch.float32)
     r = torch.zeros_like(model.word_embeddings(batch.input_ids))
@@ -185,7 +189,7 @@ def test_pgd_gradient_is_last_step_loss_with_naive_projected_steps(norm):
     expected = param_grads(model, loss_at(model, batch, x) + loss_at(model, batch, x + r))
     assert_grads_close(actual, expected)
     norms = per_example_l2(r) if norm == "l2" else r.flatten(1).abs().amax(1)
-    assert result.delta_norm == pytest.approx(float(norms.mean()), rel=1e-5)
+    assert result.scalars["delta_norm"] == pytest.approx(float(norms.mean()), rel=1e-5)
     assert float(norms.max()) == pytest.approx(eps, rel=1e-5)  # the projection was active
 
 
@@ -237,7 +241,7 @@ def penalty_from_per_example_gradients(model, batch, eps) -> torch.Tensor:
 def test_gradient_penalty_value_matches_per_example_gradients(task):
     model, batch, eps = make_model(), make_batch(task), 0.8
     result, _ = run(adversary(method="gradient_penalty", epsilon=eps), model, batch)
-    assert result.adv_loss == pytest.approx(float(penalty_from_per_example_gradients(model, batch, eps)), rel=1e-4)
+    assert result.scalars["loss"] == pytest.approx(float(penalty_from_per_example_gradients(model, batch, eps)), rel=1e-4)
 
 
 def test_gradient_penalty_second_order_term_matches_finite_difference():
@@ -279,8 +283,8 @@ def test_r3f_gradient_is_direct_autograd(task):
     divergence = (squared_error if task == "reg" else symmetric_kl)(noisy, clean)
     expected = param_grads(model, task_type(batch).loss(clean, batch.labels) + weight * divergence)
     assert_grads_close(actual, expected)
-    assert result.adv_loss == pytest.approx(float(divergence.detach()), rel=1e-4)
-    assert result.adv_loss > 0
+    assert result.scalars["loss"] == pytest.approx(float(divergence.detach()), rel=1e-4)
+    assert result.scalars["loss"] > 0
 
 
 # ----------------------------------------------------------------------------- scope: matrix
@@ -337,7 +341,7 @@ def test_matrix_scope_matches_the_articles_and_restores_bitwise(method):
     eps, alpha, steps = 0.5, 0.3, 3
     model, batch = make_model(), make_batch("cls")
     before = word_matrix(model).detach().clone()
-    options = dict(method=method, scope="matrix", epsilon=eps, alpha=alpha, steps=steps)
+    options = dict(method=method, scope="matrix", epsilon=eps, step_size=alpha, steps=steps)
     result, actual = run(adversary(**options), model, batch)
     assert result.loss is None  # everything was back-propagated through ctx.backward
     assert torch.equal(word_matrix(model), before)
@@ -345,7 +349,7 @@ def test_matrix_scope_matches_the_articles_and_restores_bitwise(method):
     reference = make_model()
     if method == "pgd":
         expected = articles_pgd(reference, batch, eps, alpha, steps)
-        assert result.delta_norm == pytest.approx(eps, rel=1e-5)  # the projection was active
+        assert result.scalars["delta_norm"] == pytest.approx(eps, rel=1e-5)  # the projection was active
     else:
         expected = articles_fgm(reference, batch, eps, sign=method == "fgsm")
     assert torch.equal(word_matrix(reference), before)
@@ -400,8 +404,8 @@ def test_freelb_costs_k_forward_and_k_backward_passes(steps):
         backward_calls.append(1)
         loss.backward()
 
-    method = adversary(method="freelb", steps=steps, epsilon=0.5, alpha=0.1)
-    assert method.replaces_task_loss  # so the loop made no clean forward
+    method = adversary(method="freelb", steps=steps, epsilon=0.5, step_size=0.1)
+    assert method.computes_task_loss  # so the loop made no clean forward
     run(method, model, batch, backward=backward)
     handle.remove()
     assert counts == {"forward": steps, "backward": steps}
@@ -460,6 +464,7 @@ ALL_METHODS = {
     "freelb": dict(method="freelb"),
     "gradient_penalty": dict(method="gradient_penalty"),
     "r3f": dict(method="r3f"),
+    "rdrop": dict(method="rdrop"),
     "matrix_fgsm": dict(method="fgsm", scope="matrix"),
     "matrix_fgm": dict(method="fgm", scope="matrix"),
     "matrix_pgd": dict(method="pgd", scope="matrix"),
@@ -470,10 +475,11 @@ ALL_METHODS = {
 @pytest.mark.parametrize("name", ALL_METHODS)
 def test_every_method_runs_on_every_task_type(name, task):
     model, batch = make_model(), make_batch(task)
-    result, actual = run(adversary(**ALL_METHODS[name]), model, batch)
+    method = adversary(**ALL_METHODS[name])
+    result, actual = run(method, model, batch)
     assert result.loss is None or torch.isfinite(result.loss)
-    assert math.isfinite(result.adv_loss) and math.isfinite(result.delta_norm)
-    assert all(math.isfinite(v) for v in result.stats.values())
+    assert set(result.scalars) == set(method.scalars)  # what it logs is what it declares
+    assert all(math.isfinite(v) for v in result.scalars.values())
     assert actual and all(torch.isfinite(g).all() for g in actual.values())
 
 
@@ -485,7 +491,7 @@ def test_methods_needing_labels_refuse_an_unlabelled_batch(method):
 
 def test_r3f_is_label_free():
     result, _ = run(adversary(method="r3f", init_scale=0.1), make_model(), make_batch("cls", labelled=False))
-    assert result.loss is not None and result.adv_loss > 0
+    assert result.loss is not None and result.scalars["loss"] > 0
 
 
 def test_none_returns_the_loop_loss_unchanged():
@@ -495,7 +501,7 @@ def test_none_returns_the_loop_loss_unchanged():
     ctx = AdversarialContext(model, batch, task_type(batch), embeds, token_mask(batch.attention_mask, embeds.dtype),
                              None, loss, loss, lambda l: l.backward())
     result = adversary(method="none")(ctx)
-    assert result.loss is loss and result.adv_loss == 0.0 and result.delta_norm == 0.0
+    assert result.loss is loss and result.scalars == {}
 
 
 def test_distributed_data_parallel_wrapper_gives_the_same_gradients(tmp_path):
@@ -525,7 +531,7 @@ def test_distributed_data_parallel_wrapper_gives_the_same_gradients(tmp_path):
 
 
 def test_smart_method_adds_the_regularizer_term():
-    cfg = SmartConfig(weight=3.0, epsilon=1e-2, step_size=1e-2, noise_std=1e-3)
+    cfg = SmartConfig(weight=3.0, epsilon=1e-2, step_size=1e-2, init_scale=1e-3)
     model, batch = make_model(), make_batch("cls")
     method = build_adversary(AdversarialConfig(method="smart"), cfg)
     torch.manual_seed(5)
@@ -534,10 +540,10 @@ def test_smart_method_adds_the_regularizer_term():
     torch.manual_seed(5)
     x = model.word_embeddings(batch.input_ids)
     clean = task_output(model, batch, inputs_embeds=x)
-    direct = SmartRegularizer(cfg)(model, batch, x, clean, "classification")
+    direct = SmartRegularizer(cfg).regularize(model, batch, x, clean, TASK_TYPES["classification"])
     expected = param_grads(model, task_type(batch).loss(clean, batch.labels) + direct.loss)
     assert_grads_close(actual, expected)
-    assert result.adv_loss == pytest.approx(direct.rs) and result.delta_norm == pytest.approx(direct.delta_norm)
+    assert result.scalars["loss"] == pytest.approx(direct.rs) and result.scalars["delta_norm"] == pytest.approx(direct.delta_norm)
     assert method.state_dict() == {"calls_total": 1, "skipped_total": 0}
     method.load_state_dict({"calls_total": 7, "skipped_total": 2})
     assert method.state_dict() == {"calls_total": 7, "skipped_total": 2}
@@ -564,7 +570,7 @@ def test_random_start_state_round_trips_through_state_dict():
     [
         (dict(epsilon=0.0), "adversarial.epsilon"),
         (dict(method="pgd", steps=0), "adversarial.steps"),
-        (dict(alpha=-1.0), "adversarial.alpha"),
+        (dict(step_size=-1.0), "adversarial.step_size"),
         (dict(weight=-1.0), "adversarial.weight"),
         (dict(method="fgsm", norm="l2"), "adversarial.norm"),
         (dict(method="r3f", init="zero"), "adversarial.init"),

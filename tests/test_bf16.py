@@ -13,15 +13,17 @@ import copy
 import pytest
 import torch
 
-from mtsmart.adversarial.base import build_adversary
+from mtsmart.adversarial.registry import build_adversary
 from mtsmart.adversarial.config import AdversarialConfig
 from mtsmart.batch import Batch
-from mtsmart.bregman import BregmanConfig, BregmanProximal
+from mtsmart.bregman import BregmanProximal
+from mtsmart.bregman_config import BregmanConfig
 from mtsmart.model import MultiTaskModel, load_encoder
 from mtsmart.precision import cpu_bf16_flags, resolve_precision
-from mtsmart.smart import SmartConfig
+from mtsmart.smart_config import SmartConfig
 from mtsmart.task_spec import TaskSpec
-from mtsmart.train import autocast_factory, train_microbatch
+from mtsmart.build import autocast_factory
+from mtsmart.step import train_microbatch
 
 SPECS = {
     "cls": TaskSpec(name="cls", type="classification", metrics=("accuracy",), labels=("a", "b", "c"), dropout=0.0),
@@ -30,13 +32,13 @@ SPECS = {
 METHODS = {
     "none": (dict(method="none"), {}, 0.0),
     # Perturbations above bf16's resolution of x: below it bf16 rounds them away (the next test).
-    "smart_paper": (dict(method="smart"), dict(epsilon=1e-2, step_size=1e-2, noise_std=1e-2), 0.0),
+    "smart_paper": (dict(method="smart"), dict(epsilon=1e-2, step_size=1e-2, init_scale=1e-2), 0.0),
     "smart_release": (dict(method="smart"), dict(input="embedding_output", update="release", epsilon=1e-6,
-                                                  step_size=0.3, noise_std=0.1, dropout="independent"), 0.0),
+                                                  step_size=0.3, init_scale=0.1, dropout="independent"), 0.0),
     "fgsm": (dict(method="fgsm", epsilon=1e-2), {}, 0.0),
     "fgm": (dict(method="fgm", epsilon=0.5), {}, 0.0),
-    "pgd": (dict(method="pgd", epsilon=0.5, alpha=0.2, steps=2), {}, 0.0),
-    "freelb": (dict(method="freelb", epsilon=0.5, alpha=0.2, steps=2), {}, 0.0),
+    "pgd": (dict(method="pgd", epsilon=0.5, step_size=0.2, steps=2), {}, 0.0),
+    "freelb": (dict(method="freelb", epsilon=0.5, step_size=0.2, steps=2), {}, 0.0),
     "gradient_penalty": (dict(method="gradient_penalty", epsilon=1.0), {}, 0.0),
     "r3f": (dict(method="r3f", init_scale=1e-2), {}, 0.0),
     "rdrop": (dict(method="rdrop"), {}, 0.0),
@@ -99,7 +101,7 @@ def test_bf16_rounds_a_perturbation_below_its_resolution_away_and_smart_says_so(
     """σ = 1e-5 on an embedding output of |x| ≈ 1: bf16's first matrix product sees x + ν = x, so
     the ascent gradient is exactly zero and Rs vanishes; fp32 sees ν. SMART warns once per run."""
     model, batch = make_model(), make_batch("reg")
-    options = dict(method="smart"), dict(input="embedding_output", update="release", epsilon=1e-6, noise_std=1e-5)
+    options = dict(method="smart"), dict(input="embedding_output", update="release", epsilon=1e-6, init_scale=1e-5)
     METHODS["tiny_release"] = (*options, 0.0)
     try:
         with caplog.at_level("WARNING", logger="mtsmart.smart"):

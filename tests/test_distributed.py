@@ -27,6 +27,7 @@ from mtsmart.data.readers import read_split
 from mtsmart.distributed import merge_predictions, shard
 from mtsmart.evaluate import metrics_of, predict
 from mtsmart.task_spec import DEFAULT_TASKS_DIR, load_task_spec
+from mtsmart.task_types import task_type_of
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -135,7 +136,7 @@ def test_sharded_predictions_merge_to_the_one_process_ones(task, split, data_roo
     for rank in range(3):
         mine = shard(batches, rank, 3)
         parts.append((sorted(i for b in mine for i in b.example_ids), predict(model, mine, spec, cpu, nullcontext)))
-    merged = merge_predictions(parts, ranking=spec.type == "ranking")
+    merged = merge_predictions(parts, grouped=task_type_of(spec).grouped)
     np.testing.assert_array_equal(merged.outputs, whole.outputs)
     np.testing.assert_array_equal(merged.labels, whole.labels)
     if spec.type == "ranking":

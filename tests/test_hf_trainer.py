@@ -21,11 +21,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
 
-from mtsmart.bregman import BregmanConfig
+from mtsmart.bregman_config import BregmanConfig
 from mtsmart.divergence import squared_error, symmetric_kl
 from mtsmart.hf import STATE_FILE, SmartTrainer
 from mtsmart.perturbation import token_mask
-from mtsmart.smart import SmartConfig
+from mtsmart.smart_config import SmartConfig
 
 VOCAB = 50
 
@@ -82,7 +82,7 @@ def by_hand(model, teacher, batch, smart: SmartConfig, mu: float, noise: torch.T
 @pytest.mark.parametrize("num_labels", [3, 1])
 @pytest.mark.parametrize("mu", [0.0, 1.0])
 def test_one_step_equals_the_objective_by_hand(tmp_path, num_labels, mu):
-    smart = SmartConfig(weight=2.0, epsilon=1e-2, step_size=1e-2, noise_std=1e-3)
+    smart = SmartConfig(weight=2.0, epsilon=1e-2, step_size=1e-2, init_scale=1e-3)
     model = tiny_classifier(num_labels)
     reference = copy.deepcopy(model)
     trainer = SmartTrainer(model=model, args=args(tmp_path), smart=smart, bregman=BregmanConfig(mu=mu))
@@ -99,7 +99,7 @@ def test_one_step_equals_the_objective_by_hand(tmp_path, num_labels, mu):
     batch = fixed_batch(num_labels)
 
     torch.manual_seed(11)
-    noise = torch.randn(4, 9, 16) * smart.noise_std  # the ν SMART draws first from the global RNG
+    noise = torch.randn(4, 9, 16) * smart.init_scale  # the ν SMART draws first from the global RNG
     torch.manual_seed(11)
     returned = trainer.training_step(trainer.model, dict(batch))
     actual = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
@@ -118,9 +118,9 @@ def test_one_step_equals_the_objective_by_hand(tmp_path, num_labels, mu):
 SCRIPT = textwrap.dedent('''
     import sys, torch
     from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
-    from mtsmart.bregman import BregmanConfig
+    from mtsmart.bregman_config import BregmanConfig
     from mtsmart.hf import SmartTrainer
-    from mtsmart.smart import SmartConfig
+    from mtsmart.smart_config import SmartConfig
 
     out, resume = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else None)
     torch.manual_seed(0)
@@ -134,7 +134,7 @@ SCRIPT = textwrap.dedent('''
                              save_steps=4, save_strategy="steps", learning_rate=1e-3, seed=7, disable_tqdm=True,
                              gradient_accumulation_steps=2, logging_steps=2)
     trainer = SmartTrainer(model=model, args=args, train_dataset=data,
-                           smart=SmartConfig(epsilon=1e-2, step_size=1e-2, noise_std=1e-3),
+                           smart=SmartConfig(epsilon=1e-2, step_size=1e-2, init_scale=1e-3),
                            bregman=BregmanConfig(mu=1.0, beta=0.9, early_beta=0.5, early_fraction=0.25, teacher_dropout=True))
     trainer.train(resume_from_checkpoint=resume)
 ''')
@@ -190,7 +190,7 @@ def test_a_short_run_learns_and_logs_the_regularisers(tmp_path):
     trainer = SmartTrainer(
         model=tiny_classifier(2, dropout=0.1), train_dataset=data,
         args=args(tmp_path, max_steps=60, logging_steps=10, learning_rate=3e-3, warmup_steps=5),
-        smart=SmartConfig(epsilon=1e-2, step_size=1e-2, noise_std=1e-3), bregman=BregmanConfig(mu=0.1, beta=0.9),
+        smart=SmartConfig(epsilon=1e-2, step_size=1e-2, init_scale=1e-3), bregman=BregmanConfig(mu=0.1, beta=0.9),
     )
     trainer.train()
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]

@@ -34,7 +34,7 @@ def make_batch(task: str, n: int = 3, t: int = 7) -> Batch:
 @pytest.mark.parametrize("family", sorted(CONFIGS))
 def test_inputs_embeds_path_equals_ids_path(family):
     """Feeding the word-embedding output back gives the same outputs: position/type embeddings
-    are added once (SMART.md §4.2, the reference code's defect 2)."""
+    are added once (docs/method.md "What x is", the reference code's defect 2)."""
     torch.manual_seed(0)
     model = MultiTaskModel(AutoModel.from_config(CONFIGS[family]), {"cls": SPECS["cls"]}).eval()
     batch = make_batch("cls")

@@ -9,7 +9,7 @@ from scipy.optimize import minimize
 from mtsmart.perturbation import normalize, project, unit_norm, unit_radius
 
 NORMS = ("inf", "l2", "l1")
-LEVELS = ("token", "sentence")
+LEVELS = ("token", "example")
 ORD = {"inf": np.inf, "l2": 2, "l1": 1}
 
 
@@ -56,8 +56,8 @@ def test_l2_projection_rescales_only_units_outside_the_ball():
     delta = torch.tensor([[[3.0, 4.0], [0.3, 0.4]]], dtype=torch.float64)  # norms 5 and 0.5
     out = project(delta, 1.0, "l2", "token", torch.ones(1, 2, 1, dtype=torch.float64))
     assert torch.allclose(out, torch.tensor([[[0.6, 0.8], [0.3, 0.4]]], dtype=torch.float64))
-    sentence = project(delta, 1.0, "l2", "sentence", torch.ones(1, 2, 1, dtype=torch.float64))
-    assert torch.allclose(sentence, delta / delta.norm())
+    whole = project(delta, 1.0, "l2", "example", torch.ones(1, 2, 1, dtype=torch.float64))
+    assert torch.allclose(whole, delta / delta.norm())
 
 
 @pytest.mark.parametrize("level", LEVELS)

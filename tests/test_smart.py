@@ -14,7 +14,10 @@ from mtsmart.batch import Batch
 from mtsmart.divergence import MASKED_SCORE, squared_error, symmetric_kl
 from mtsmart.model import MultiTaskModel, load_encoder, output_fn, task_output
 from mtsmart.perturbation import token_mask, unit_norm
-from mtsmart.smart import SmartConfig, SmartRegularizer, divergences_for, smart_regularizer
+from mtsmart.adversarial.smart_method import SmartRegularizer
+from mtsmart.smart import divergences_for, smart_regularizer
+from mtsmart.smart_config import SmartConfig
+from mtsmart.task_types import TASK_TYPES
 from mtsmart.task_spec import TaskSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +26,7 @@ SPECS = {
     "reg": TaskSpec(name="reg", type="regression", metrics=("pearson",)),
     "rank": TaskSpec(name="rank", type="ranking", metrics=("acc_at_1",), labels=("yes", "no"), positive_label="yes"),
 }
-TYPE_OF = {name: spec.type for name, spec in SPECS.items()}
+TYPE_OF = {name: TASK_TYPES[spec.type] for name, spec in SPECS.items()}
 VOCAB = 50
 
 
@@ -133,18 +136,18 @@ def test_config_rejects_relative_epsilon_with_the_reference_rule():
 
 def test_auto_divergence_follows_the_task_type():
     cfg = SmartConfig()
-    assert divergences_for(cfg, "classification") == (symmetric_kl, symmetric_kl)
-    assert divergences_for(cfg, "ranking") == (symmetric_kl, symmetric_kl)
-    assert divergences_for(cfg, "regression") == (squared_error, squared_error)
+    assert divergences_for(cfg, TASK_TYPES["classification"]) == (symmetric_kl, symmetric_kl)
+    assert divergences_for(cfg, TASK_TYPES["ranking"]) == (symmetric_kl, symmetric_kl)
+    assert divergences_for(cfg, TASK_TYPES["regression"]) == (squared_error, squared_error)
 
 
 def test_divergences_that_do_not_fit_the_outputs_are_refused():
     with pytest.raises(ValueError, match="smart.inner_div=kl.*regression"):
-        divergences_for(SmartConfig(inner_div="kl"), "regression")
+        divergences_for(SmartConfig(inner_div="kl"), TASK_TYPES["regression"])
     with pytest.raises(ValueError, match="smart.outer_div=mse.*classification"):
-        divergences_for(SmartConfig(outer_div="mse"), "classification")
+        divergences_for(SmartConfig(outer_div="mse"), TASK_TYPES["classification"])
     with pytest.raises(ValueError, match="smart.inner_div"):
-        SmartRegularizer(SmartConfig(inner_div="stable_kl")).check_task_types(["classification", "regression"])
+        SmartRegularizer(SmartConfig(inner_div="stable_kl")).check_task_types([TASK_TYPES["classification"], TASK_TYPES["regression"]])
 
 
 # --------------------------------------------------------------------------- Algorithm 1
@@ -152,7 +155,7 @@ def test_divergences_that_do_not_fit_the_outputs_are_refused():
 
 def test_one_ascent_step_increases_the_divergence_over_the_initial_noise():
     # Same noise ν (same generator seed); K = 0 measures ℓs at x + ν, K = 1 after one step.
-    cfg = dict(noise_std=1e-3, epsilon=0.5, step_size=0.1)
+    cfg = dict(init_scale=1e-3, epsilon=0.5, step_size=0.1)
     at_noise, *_ = _run("cls", SmartConfig(steps=0, **cfg))
     after_step, *_ = _run("cls", SmartConfig(steps=1, **cfg))
     assert at_noise.rs > 0
@@ -160,13 +163,13 @@ def test_one_ascent_step_increases_the_divergence_over_the_initial_noise():
 
 
 @pytest.mark.parametrize("norm", ["inf", "l2", "l1"])
-@pytest.mark.parametrize("level", ["token", "sentence"])
+@pytest.mark.parametrize("level", ["token", "example"])
 @pytest.mark.parametrize("relative", [False, True])
 @pytest.mark.parametrize("steps", [0, 1, 2])
 def test_perturbation_stays_in_the_ball_and_off_padding(norm, level, relative, steps):
     epsilon = 0.05 if relative else 1e-3
     cfg = SmartConfig(norm=norm, level=level, epsilon_relative=relative, steps=steps, epsilon=epsilon,
-                      noise_std=1e-2, step_size=0.1)  # σ and η large enough that the projection binds
+                      init_scale=1e-2, step_size=0.1)  # σ and η large enough that the projection binds
     result, spy, x, mask, _ = _run("cls", cfg)
     assert len(spy.inputs) == steps + 1  # K ascent forwards + 1 outer forward, no extra clean forward
     delta = spy.inputs[-1] - x
@@ -193,7 +196,7 @@ def test_reference_rule_gives_unit_norm_whatever_epsilon_and_paper_rule_respects
 
 def test_reference_rule_matches_its_formula():
     # δ₁ = (ν + η g) / (‖ν + η g‖∞ + ε) per token, g the ascent gradient at ν.
-    cfg = SmartConfig(update="reference", epsilon=1e-5, noise_std=1e-5, step_size=1e-3)
+    cfg = SmartConfig(update="reference", epsilon=1e-5, init_scale=1e-5, step_size=1e-3)
     _, spy, x, mask, (model, batch, clean) = _run("cls", cfg)
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)) * 1e-5 * mask
     noise.requires_grad_()
@@ -221,7 +224,7 @@ def _naive_smart_delta(f, x, clean, mask, gen, sigma, eta, eps, steps):
 def test_parameter_gradient_equals_the_gradient_of_ls_at_fixed_adversarial_input(steps):
     sigma, eta, eps, weight = 1e-3, 4e-2, 3e-2, 3.0
     model, batch, embeds, clean, mask = _setup("cls")
-    cfg = SmartConfig(weight=weight, steps=steps, noise_std=sigma, step_size=eta, epsilon=eps)
+    cfg = SmartConfig(weight=weight, steps=steps, init_scale=sigma, step_size=eta, epsilon=eps)
     result = smart_regularizer(output_fn(model, batch), embeds, clean, mask, cfg=cfg, inner_div=symmetric_kl,
                                outer_div=symmetric_kl, generator=torch.Generator().manual_seed(5))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -293,7 +296,7 @@ def test_weight_zero_gives_plain_fine_tuning_gradients_and_runs_nothing():
     plain = _grads(model)
     model.zero_grad(set_to_none=True)
 
-    result = SmartRegularizer(SmartConfig(weight=0.0))(model, batch, embeds, clean, "classification")
+    result = SmartRegularizer(SmartConfig(weight=0.0)).regularize(model, batch, embeds, clean, TASK_TYPES["classification"])
     assert calls == [] and not result.loss.requires_grad and result.rs == 0.0
     (loss + result.loss).backward()
     with_zero = _grads(model)
@@ -303,7 +306,7 @@ def test_weight_zero_gives_plain_fine_tuning_gradients_and_runs_nothing():
 
 def test_ascent_populates_no_parameter_grad():
     model, batch, embeds, clean, _ = _setup("cls")
-    result = SmartRegularizer(SmartConfig(steps=2))(model, batch, embeds, clean, "classification")
+    result = SmartRegularizer(SmartConfig(steps=2)).regularize(model, batch, embeds, clean, TASK_TYPES["classification"])
     assert all(p.grad is None for p in model.parameters())
     result.loss.backward()
     assert model.encoder.get_input_embeddings().weight.grad is not None
@@ -313,9 +316,9 @@ def test_the_object_gives_the_pure_functions_values_and_gradients():
     """SmartRegularizer only picks divergences and builds f and the mask: with the same noise its
     term, norms and parameter gradients are those of smart_regularizer, bit for bit."""
     model, batch, embeds, clean, mask = _setup("cls")
-    cfg = SmartConfig(steps=2, noise_std=1e-3, step_size=4e-2, epsilon=3e-2)
+    cfg = SmartConfig(steps=2, init_scale=1e-3, step_size=4e-2, epsilon=3e-2)
     torch.manual_seed(7)
-    got = SmartRegularizer(cfg)(model, batch, embeds, clean, "classification")
+    got = SmartRegularizer(cfg).regularize(model, batch, embeds, clean, TASK_TYPES["classification"])
     params = [p for p in model.parameters() if p.requires_grad]
     got_grads = torch.autograd.grad(got.loss, params, allow_unused=True, retain_graph=True)
 
@@ -333,18 +336,18 @@ def test_non_finite_embeddings_are_skipped_and_counted_and_strict_raises():
     embeds = embeds.clone()
     embeds.data[0, 1, 3] = float("nan")
     smart = SmartRegularizer(SmartConfig())
-    result = smart(model, batch, embeds, clean, "classification")
+    result = smart.regularize(model, batch, embeds, clean, TASK_TYPES["classification"])
     assert result.skipped and result.rs == 0.0 and float(result.loss) == 0.0 and not result.loss.requires_grad
     assert isinstance(result.loss, torch.Tensor)
     assert smart.state_dict() == {"calls_total": 1, "skipped_total": 1}
     with pytest.raises(FloatingPointError, match="smart.strict"):
-        SmartRegularizer(SmartConfig(strict=True))(model, batch, embeds, clean, "classification")
+        SmartRegularizer(SmartConfig(strict=True)).regularize(model, batch, embeds, clean, TASK_TYPES["classification"])
 
 
 def test_counters_round_trip_through_state_dict():
     model, batch, embeds, clean, _ = _setup("cls")
     smart = SmartRegularizer(SmartConfig())
-    smart(model, batch, embeds, clean, "classification")
+    smart.regularize(model, batch, embeds, clean, TASK_TYPES["classification"])
     restored = SmartRegularizer(SmartConfig())
     restored.load_state_dict(smart.state_dict())
     assert restored.state_dict() == {"calls_total": 1, "skipped_total": 0}
@@ -355,7 +358,7 @@ def test_works_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         embeds = model.word_embeddings(batch.input_ids)
         clean = task_output(model, batch, inputs_embeds=embeds)
-        result = SmartRegularizer(SmartConfig(epsilon=1e-2))(model, batch, embeds, clean, "classification")
+        result = SmartRegularizer(SmartConfig(epsilon=1e-2)).regularize(model, batch, embeds, clean, TASK_TYPES["classification"])
     assert result.loss.dtype == torch.float32 and math.isfinite(result.rs) and not result.skipped
     result.loss.backward()
 

@@ -5,7 +5,9 @@ import torch
 from mtsmart import rng
 from mtsmart.batch import Batch
 from mtsmart.model import task_output
-from mtsmart.smart import SmartConfig, SmartRegularizer
+from mtsmart.adversarial.smart_method import SmartRegularizer
+from mtsmart.smart_config import SmartConfig
+from mtsmart.task_types import TASK_TYPES
 from mtsmart.task_spec import TaskSpec
 
 SPEC = TaskSpec(name="a", type="classification", metrics=("accuracy",), labels=("x", "y"), dropout=0.3)
@@ -23,15 +25,15 @@ def rs_of(model, batch, **options):
     embeds = model.word_embeddings(batch.input_ids)
     state = rng.snapshot(embeds.device)
     clean = task_output(model, batch, inputs_embeds=embeds)
-    return regularizer(model, batch, embeds, clean, "classification", clean_rng=state).rs
+    return regularizer.regularize(model, batch, embeds, clean, TASK_TYPES["classification"], clean_rng=state).rs
 
 
 def test_shared_dropout_makes_rs_vanish_without_perturbation(setup):
     model, batch = setup
     # ε = 0 and σ = 0: x̃ = x. With the clean forward's masks replayed f(x̃) = f(x) exactly.
-    assert rs_of(model, batch, epsilon=0.0, noise_std=0.0, dropout="shared") == 0.0
+    assert rs_of(model, batch, epsilon=0.0, init_scale=0.0, dropout="shared") == 0.0
     # With fresh masks the "regulariser" is the divergence between two dropout draws.
-    assert rs_of(model, batch, epsilon=0.0, noise_std=0.0, dropout="independent") > 1e-4
+    assert rs_of(model, batch, epsilon=0.0, init_scale=0.0, dropout="independent") > 1e-4
 
 
 def test_shared_dropout_does_not_disturb_the_global_random_stream(setup):
@@ -44,7 +46,7 @@ def test_shared_dropout_does_not_disturb_the_global_random_stream(setup):
     embeds = model.word_embeddings(batch.input_ids)
     task_output(model, batch, inputs_embeds=embeds)
     torch.randn(embeds.shape)  # the initial noise ν that the SMART call above drew
-    regularizer(model, batch, embeds, None, "classification")
+    regularizer.regularize(model, batch, embeds, None, TASK_TYPES["classification"])
     assert torch.equal(after_shared, torch.rand(4))
 
 
@@ -53,4 +55,4 @@ def test_shared_needs_the_snapshot(setup):
     embeds = model.word_embeddings(batch.input_ids)
     clean = task_output(model, batch, inputs_embeds=embeds)
     with pytest.raises(ValueError, match="clean_rng"):
-        SmartRegularizer(SmartConfig())(model, batch, embeds, clean, "classification")
+        SmartRegularizer(SmartConfig()).regularize(model, batch, embeds, clean, TASK_TYPES["classification"])

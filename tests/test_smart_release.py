@@ -1,4 +1,4 @@
-"""SMART as its authors ran it (SMART.md §7): the embedding-output input, the release update rule,
+"""SMART as its authors ran it (docs/method.md "Two readings"): the embedding-output input, the release update rule,
 R-Drop and the teacher's two-phase schedule, each against a hand-written reference."""
 from __future__ import annotations
 
@@ -8,16 +8,20 @@ from transformers import BertConfig, BertModel, DebertaV2Config, DebertaV2Model,
 from transformers import RobertaConfig, RobertaModel
 
 from mtsmart import rng
-from mtsmart.adversarial.base import AdversarialContext, build_adversary
+from mtsmart.adversarial.base import AdversarialContext
+from mtsmart.adversarial.registry import build_adversary
+from mtsmart.adversarial.smart_method import SmartRegularizer
 from mtsmart.adversarial.config import AdversarialConfig
 from mtsmart.batch import Batch
-from mtsmart.bregman import BregmanConfig, scheduled_beta
+from mtsmart.bregman import scheduled_beta
+from mtsmart.bregman_config import BregmanConfig
 from mtsmart.data.config import DataConfig
 from mtsmart.data.loader import subsample
 from mtsmart.divergence import squared_error, symmetric_kl
 from mtsmart.model import MultiTaskModel, captured_embedding_output, embedding_output_fn, load_encoder, task_output
 from mtsmart.perturbation import token_mask
-from mtsmart.smart import SmartConfig, SmartRegularizer, divergences_for, smart_regularizer
+from mtsmart.smart import divergences_for, smart_regularizer
+from mtsmart.smart_config import SmartConfig
 from mtsmart.task_spec import TaskSpec
 from mtsmart.task_types import TASK_TYPES
 
@@ -117,7 +121,7 @@ def test_smart_on_the_embedding_output_never_perturbs_padding():
         return forward(x)
 
     cfg = SmartConfig(input="embedding_output", update="release", epsilon=1e-6, step_size=1e-1, steps=2)
-    inner, outer = divergences_for(cfg, "classification")
+    inner, outer = divergences_for(cfg, TASK_TYPES["classification"])
     smart_regularizer(spy, h, clean, token_mask(batch.attention_mask, h.dtype), cfg=cfg, inner_div=inner, outer_div=outer)
     padding = batch.attention_mask == 0
     for delta in seen:
@@ -135,7 +139,7 @@ def test_release_update_is_eta_g_over_norm_of_g_without_noise_or_projection(norm
     clean = task_output(model, batch, inputs_embeds=x)
     mask = token_mask(batch.attention_mask, x.dtype)
     # ε only guards the division; tiny here, as the tiny model's gradients are themselves small.
-    cfg = SmartConfig(update="release", norm=norm, step_size=1e-2, noise_std=1e-3, epsilon=1e-12, steps=1)
+    cfg = SmartConfig(update="release", norm=norm, step_size=1e-2, init_scale=1e-3, epsilon=1e-12, steps=1)
     inputs = []
 
     def spy(e):
@@ -178,7 +182,7 @@ def test_smart_method_perturbs_what_smart_input_names():
 def test_independent_dropout_on_the_embedding_output_shares_only_the_embedding_dropout_mask():
     """The released code's Rs with ε → 0 is the divergence of two dropout samples of the layers."""
     model, batch = make_model().train(), make_batch()
-    cfg = dict(input="embedding_output", update="release", noise_std=0.0, step_size=0.0, epsilon=1e-6)
+    cfg = dict(input="embedding_output", update="release", init_scale=0.0, step_size=0.0, epsilon=1e-6)
     values = {}
     for dropout in ("shared", "independent"):
         torch.manual_seed(3)
@@ -186,7 +190,7 @@ def test_independent_dropout_on_the_embedding_output_shares_only_the_embedding_d
         with captured_embedding_output(model) as captured:
             clean = task_output(model, batch)
         regularizer = SmartRegularizer(SmartConfig(dropout=dropout, **cfg))
-        values[dropout] = regularizer(model, batch, captured[0], clean, "classification", clean_rng=state).rs
+        values[dropout] = regularizer.regularize(model, batch, captured[0], clean, TASK_TYPES["classification"], clean_rng=state).rs
     assert values["shared"] == 0.0  # same masks, δ = 0: f(x̃) = f(x) exactly
     assert values["independent"] > 1e-4
 
@@ -226,8 +230,8 @@ def test_rdrop_gradient_is_its_formula_with_two_dropout_samples(task):
     assert actual.keys() == expected.keys()
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], rtol=1e-4, atol=1e-7)
-    assert result.adv_loss == pytest.approx(float(disagreement.detach()), rel=1e-5)
-    assert result.adv_loss > 0  # dropout on: the two samples differ
+    assert result.scalars["loss"] == pytest.approx(float(disagreement.detach()), rel=1e-5)
+    assert result.scalars["loss"] > 0  # dropout on: the two samples differ
 
 
 def test_rdrop_needs_labels():
@@ -245,7 +249,7 @@ def test_rdrop_needs_labels():
 
 
 def test_two_phase_schedule_with_the_authors_values():
-    """β = 0.9 until the end of a 6% warm-up, then 0.99 (SMART.md §7): ⌊0.06 · 200⌋ = 12 early updates."""
+    """β = 0.9 until the end of a 6% warm-up, then 0.99 (docs/method.md "Two readings"): ⌊0.06 · 200⌋ = 12 early updates."""
     cfg = BregmanConfig(beta=0.99, early_beta=0.9, early_fraction=0.06)
     assert [scheduled_beta(u, 200, cfg) for u in (1, 12, 13, 200)] == [0.9, 0.9, 0.99, 0.99]
 

@@ -19,20 +19,23 @@ import torch
 import torch.nn.functional as F
 
 from mtsmart.batch import Batch
-from mtsmart.bregman import BregmanConfig, BregmanProximal
+from mtsmart.bregman import BregmanProximal
+from mtsmart.bregman_config import BregmanConfig
 from mtsmart.config import load_config
 from mtsmart.data.encoding import collate, tokenize
 from mtsmart.data.examples import Example
 from mtsmart.divergence import symmetric_kl
 from mtsmart.model import MultiTaskModel, load_encoder, output_fn, task_output
 from mtsmart.perturbation import token_mask
-from mtsmart.smart import SmartConfig, smart_regularizer
+from mtsmart.smart import smart_regularizer
+from mtsmart.smart_config import SmartConfig
 from mtsmart.task_spec import TaskSpec
-from mtsmart.train import build_optimizer
+from mtsmart.build import build_optimizer
 
 VOCAB_SIZE = 30522  # the borrowed MiniLM WordPiece vocabulary
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "scripts" / "bench_throughput.py"
+SCRIPTS = REPO / "scripts"
+SCRIPT = SCRIPTS / "bench_throughput.py"
 SPEC = TaskSpec(name="rte", type="classification", metrics=("accuracy",), labels=("entailment", "not_entailment"))
 PAIRS = [
     ("A man is playing a guitar on the stage.", "A man plays music."),
@@ -42,14 +45,14 @@ PAIRS = [
 ]
 
 
-def load_bench():
-    """scripts/bench_throughput.py as a module (registered first: its dataclasses look it up)."""
-    if "bench_throughput" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("bench_throughput", SCRIPT)
+def load_bench(name: str = "bench_throughput"):
+    """scripts/<name>.py as a module (registered first: its dataclasses look it up)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
-        sys.modules["bench_throughput"] = module
+        sys.modules[name] = module
         spec.loader.exec_module(module)
-    return sys.modules["bench_throughput"]
+    return sys.modules[name]
 
 
 @pytest.fixture
@@ -231,10 +234,10 @@ def test_a_checkpoint_of_the_unfused_optimizer_resumes_into_build_optimizer(batc
 
 
 def test_the_benchmarks_unfused_adamw_is_build_optimizer_unfused():
-    """--unfused-adamw swaps in the reference: build_optimizer's groups, per-tensor loop."""
+    """scripts/bench_adamw.py times the reference: build_optimizer's groups, per-tensor loop."""
     cfg = load_config(None, ["train.lr=1e-3", "train.weight_decay=0.1", "train.adam_eps=1e-7"])
     model = eval_model()
-    swapped = load_bench().unfused(build_optimizer(model, cfg))
+    swapped = load_bench("bench_adamw").unfused(build_optimizer(model, cfg))
     assert all(not group["fused"] and group["foreach"] is False for group in swapped.param_groups)
     assert_same_groups(swapped, per_tensor_adamw(model, cfg))
 
@@ -243,7 +246,7 @@ def test_the_benchmarks_unfused_adamw_is_build_optimizer_unfused():
 
 
 def test_step_clock_times_only_the_steps_after_the_warm_up():
-    bench = load_bench()
+    bench = load_bench("bench_common")
     clock = bench.StepClock(warmup=2)
     for n, (length, end) in enumerate([(10, 1.0), (20, 3.0), (30, 4.0), (40, 6.5), (50, 7.5)]):
         clock.batch(torch.zeros(n + 1, length, dtype=torch.long))
@@ -252,35 +255,67 @@ def test_step_clock_times_only_the_steps_after_the_warm_up():
     m = clock.measurement()
     # steps 3..5: 3 + 4 + 5 examples, 3·30 + 4·40 + 5·50 tokens, from t = 3.0 to 7.5 (CPU 1.5 to 3.75)
     assert (m.steps, m.examples, m.tokens, m.wall_seconds, m.cpu_seconds) == (3, 12, 500, 4.5, 2.25)
-    assert bench.CLOCK["cpu"] and m.seconds == 2.25  # CPU time unless --wall
+    assert m.cpu_clock and m.seconds == 2.25  # CPU time unless --wall
+    rows = [{"examples": n + 1, "tokens": (n + 1) * length, "wall_s": end, "cpu_s": end / 2}
+            for n, (length, end) in enumerate([(10, 1.0), (20, 3.0), (30, 4.0), (40, 6.5), (50, 7.5)])]
+    assert bench.StepClock.from_rows(rows, warmup=2, cpu_clock=True).measurement() == m  # step_times.tsv rows
     assert m.examples_per_s == pytest.approx(12 / 2.25) and m.wall_examples_per_s == pytest.approx(12 / 4.5)
     assert m.seconds_per_step == pytest.approx(0.75) and m.tokens_per_example == pytest.approx(500 / 12)
 
 
-def test_bench_quick_runs_and_prints_every_figure(data_root, tmp_path):
-    """--quick on the first rows of RTE (copied to tmp_path, never into the repo)."""
+@pytest.fixture
+def small_rte(data_root, tmp_path) -> Path:
+    """The first rows of RTE (copied to tmp_path, never into the repo)."""
     rte = tmp_path / "glue" / "RTE"
     rte.mkdir(parents=True)
     for split, rows in (("train", 25), ("dev", 5)):
         lines = (data_root / "glue" / "RTE" / f"{split}.tsv").read_text(encoding="utf-8").splitlines()[: rows + 1]
         (rte / f"{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return tmp_path
+
+
+def run_script(name: str, *args: str) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    command = [sys.executable, str(SCRIPT), "--quick", "--unfused-adamw", "--data", str(tmp_path)]
-    out = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    out = subprocess.run([sys.executable, str(SCRIPTS / name), "--quick", *args], capture_output=True, text=True,
+                         env=env, cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_bench_quick_runs_and_prints_every_figure(small_rte):
+    stdout = run_script("bench_throughput.py", "--data", str(small_rte))
     bench = load_bench()
     has_trainer, has_smart = bench.peers_available()
     expected = ["mtsmart plain", "mtsmart plain, random batches", "mtsmart SMART", "mtsmart full SMART",
-                "mtsmart plain / mtsmart full SMART", "target <= 3.2", "against shape", "2 x 32",
-                "mtsmart plain / mtsmart plain, unfused AdamW",
-                "mtsmart full SMART / mtsmart full SMART, unfused AdamW"]
+                "mtsmart plain / mtsmart full SMART", "target <= 3.2"]
     if has_trainer:
         expected += ["Trainer, group_by_length", "mtsmart plain / Trainer"]
     if has_trainer and has_smart:
         expected += ["mtsmart SMART / Trainer + SMARTLoss"]
     for text in expected:
-        assert text in out.stdout, f"{text!r} missing from:\n{out.stdout}"
-    medians = out.stdout.split("medians over rounds")[1].split("ratios")[0]
+        assert text in stdout, f"{text!r} missing from:\n{stdout}"
+    medians = stdout.split("medians over rounds")[1].split("ratios")[0]
     rates = [float(line.split()[-6]) for line in medians.strip().splitlines()[2:]]  # after the two header lines
     assert len(rates) >= 6 and all(r > 0 for r in rates)
-    assert "proposed" not in out.stdout
+    assert "proposed" not in stdout
+
+
+def test_bench_scaling_and_adamw_quick_print_their_figures(small_rte):
+    scaling = run_script("bench_scaling.py", "--data", str(small_rte))
+    assert "against shape" in scaling and "2 x 16" in scaling and "2 x 32" in scaling
+    row = [line for line in scaling.splitlines() if "2 x 32" in line][0].split()
+    assert float(row[3]) > 0 and float(row[4]) > 0  # plain s, SMART s
+    adamw = run_script("bench_adamw.py", "--repeats", "3")
+    assert "fused AdamW" in adamw and "per-tensor / fused" in adamw
+
+
+def test_the_loop_records_its_own_step_times(tmp_path, train_tiny):
+    """train.record_step_times: one row per optimizer step, its examples and padded tokens, clocks that only move on."""
+    from mtsmart.step_times import read_step_times
+
+    train_tiny(tmp_path / "run", "tasks=[rte]", "train.max_steps=5", "train.batch_size=4", "train.record_step_times=true")
+    rows = read_step_times(tmp_path / "run" / "step_times.tsv")
+    assert [row["step"] for row in rows] == [1, 2, 3, 4, 5]
+    assert all(row["examples"] == 4 and row["tokens"] % 4 == 0 and row["tokens"] >= 4 for row in rows)
+    for clock in ("wall_s", "cpu_s"):
+        assert all(a[clock] <= b[clock] for a, b in zip(rows, rows[1:]))

@@ -69,6 +69,20 @@ def assert_same_state(a: Path, b: Path) -> None:
         assert state_a[key] == state_b[key], key
 
 
+def assert_states_differ(a: Path, b: Path) -> None:
+    """Checkpoints of different steps: the weights, the teacher and the loop's counters all moved
+    (so that assert_same_state of two runs' checkpoints compares something that changes)."""
+    weights_a, weights_b = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert any(not torch.equal(weights_a[key], weights_b[key]) for key in weights_a)
+    teacher_a = torch.load(a / "tensors.pt", weights_only=True)["bregman"]["teacher"]
+    teacher_b = torch.load(b / "tensors.pt", weights_only=True)["bregman"]["teacher"]
+    assert any(not torch.equal(teacher_a[key], teacher_b[key]) for key in teacher_a)
+    state_a = json.loads((a / "state.json").read_text())
+    state_b = json.loads((b / "state.json").read_text())
+    for key in ("train_state", "sampler", "loaders"):
+        assert state_a[key] != state_b[key], key
+
+
 def assert_nested_equal(x, y, where: str) -> None:
     if isinstance(x, torch.Tensor):
         assert torch.equal(x, y), where
@@ -145,6 +159,7 @@ def test_resume_in_a_fresh_process_is_exact(tmp_path, data_root):
     assert final_checkpoint(resumed).name == "step_00000004"
     ok(run_mtsmart([*TINY, f"output_dir={resumed}", "train.resume=auto"], data_root))
     assert_same_state(final_checkpoint(straight), final_checkpoint(resumed))
+    assert_states_differ(resumed / "checkpoints" / "step_00000004", final_checkpoint(resumed))  # step 8
     assert json.loads((straight / "results.json").read_text()) == json.loads((resumed / "results.json").read_text())
 
 

@@ -1,17 +1,7 @@
-"""The adversarial-training family (SMART.md §3): SMART, FGSM, FGM, PGD, FreeLB, gradient penalty, R3F."""
-from mtsmart.adversarial.base import (
-    AdversarialContext,
-    AdversarialMethod,
-    AdversarialResult,
-    build_adversary,
-)
-from mtsmart.adversarial.config import METHODS, AdversarialConfig
+"""Regularisers behind one interface (docs/adversarial.md): SMART's Rs, FGSM, FGM, PGD, FreeLB, the
+gradient penalty, R3F and R-Drop.
 
-__all__ = [
-    "METHODS",
-    "AdversarialConfig",
-    "AdversarialContext",
-    "AdversarialMethod",
-    "AdversarialResult",
-    "build_adversary",
-]
+`base` is the interface, `registry.build_adversary` maps `adversarial.method` to a method, `config`
+holds the options. Nothing is imported here, so reading a configuration (`adversarial.config`)
+does not load the methods or the encoder libraries.
+"""

@@ -1,8 +1,8 @@
-"""FGSM, FGM and PGD on each example's embeddings x (the papers' form; SMART.md §3).
+"""FGSM, FGM and PGD on each example's embeddings x (the papers' form; docs/adversarial.md).
 
     FGSM (Goodfellow 2015):  r = ε · sign(∇_x L(x, y))
     FGM  (Miyato 2017):      r = ε · g / ‖g‖,  g = ∇_x L(x, y)
-    PGD  (Madry 2018):       r_{t+1} = Π_{‖r‖≤ε}(r_t + α · g_t / ‖g_t‖),  g_t = ∇_r L(x + r_t, y),  r_0 = 0
+    PGD  (Madry 2018):       r_{t+1} = Π_{‖r‖≤ε}(r_t + η · g_t / ‖g_t‖),  g_t = ∇_r L(x + r_t, y),  r_0 = 0
     objective:               L(x, y) + weight · L(x + r, y)   (r detached; PGD uses r_K)
 
 `g / ‖g‖` is the steepest-ascent direction of the chosen norm: sign(g) for inf, g/‖g‖₂ for l2.
@@ -28,7 +28,7 @@ def fgm_perturbation(grad: Tensor, epsilon: float, norm: str, mask: Tensor) -> T
 
 
 def pgd_perturbation(
-    loss_at: Callable[[Tensor], Tensor], grad0: Tensor, epsilon: float, alpha: float, steps: int,
+    loss_at: Callable[[Tensor], Tensor], grad0: Tensor, epsilon: float, step_size: float, steps: int,
     norm: str, mask: Tensor,
 ) -> tuple[Tensor, int]:
     """r_K of K projected ascent steps from r_0 = 0, and how many steps met a non-finite gradient.
@@ -44,7 +44,7 @@ def pgd_perturbation(
             (grad,) = torch.autograd.grad(loss_at(r_leaf), r_leaf)
             grad, bad = finite_or_zero(grad)
             skipped += bad
-        r = project(r + alpha * steepest_ascent(grad, norm, LEVEL, mask), epsilon, norm, LEVEL, mask)
+        r = project(r + step_size * steepest_ascent(grad, norm, LEVEL, mask), epsilon, norm, LEVEL, mask)
     return r.detach(), int(skipped)
 
 
@@ -54,14 +54,15 @@ def perturbed_result(
     """L(x) + weight · L(x + r) for the loop to back-propagate, with the scalars it logs."""
     return AdversarialResult(
         loss=add(ctx.loss, weight * adv_loss),
-        adv_loss=float(adv_loss.detach()),
-        delta_norm=mean_norm(r, norm),
-        stats={"embed_norm": mean_norm(ctx.embeds, norm), "skipped": float(skipped)},
+        scalars={"loss": float(adv_loss.detach()), "delta_norm": mean_norm(r, norm),
+                 "embed_norm": mean_norm(ctx.embeds, norm), "skipped": float(skipped)},
     )
 
 
 class FGM(AdversarialMethod):
     """FGM, and FGSM (= FGM with the inf norm): one ascent step of size ε."""
+
+    scalars = ("loss", "delta_norm", "embed_norm", "skipped")
 
     def __init__(self, epsilon: float, norm: str, weight: float, name: str = "fgm"):
         self.epsilon, self.norm, self.weight, self.name = epsilon, norm, weight, name
@@ -79,17 +80,20 @@ class FGM(AdversarialMethod):
 class PGD(AdversarialMethod):
     """K-step PGD; only the last perturbation's loss trains θ (as the seed articles do)."""
 
-    def __init__(self, epsilon: float, alpha: float, steps: int, norm: str, weight: float):
-        self.epsilon, self.alpha, self.steps, self.norm, self.weight = epsilon, alpha, steps, norm, weight
+    name = "pgd"
+    scalars = ("loss", "delta_norm", "embed_norm", "skipped")
+
+    def __init__(self, epsilon: float, step_size: float, steps: int, norm: str, weight: float):
+        self.epsilon, self.step_size, self.steps, self.norm, self.weight = epsilon, step_size, steps, norm, weight
 
     def __call__(self, ctx: AdversarialContext) -> AdversarialResult:
-        labels = require_labels(ctx, "pgd")
-        _, task_loss = require_clean(ctx, "pgd")
+        labels = require_labels(ctx, self.name)
+        _, task_loss = require_clean(ctx, self.name)
         x = ctx.embeds.detach()
         r, skipped = pgd_perturbation(
             lambda r: perturbed_loss(ctx, x + r, labels),
             input_gradient(task_loss, ctx.embeds),
-            self.epsilon, self.alpha, self.steps, self.norm, ctx.mask,
+            self.epsilon, self.step_size, self.steps, self.norm, ctx.mask,
         )
         adv_loss = perturbed_loss(ctx, ctx.embeds + r, labels)
         return perturbed_result(ctx, adv_loss, r, self.norm, self.weight, skipped)

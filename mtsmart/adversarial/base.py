@@ -1,28 +1,30 @@
-"""The interface between the training loop and every adversarial-training method.
+"""The one interface between the training loop and every regulariser of the adversarial family
+(SMART's Rs, FGSM, FGM, PGD, FreeLB, the gradient penalty, R3F, R-Drop; the Bregman term is an
+optimizer wrapper, mtsmart.bregman).
 
-The loop computes x = word_embeddings(input_ids) and (unless the method replaces the task loss)
-the clean output f(x; θ) and loss, then hands an `AdversarialContext` to the method, which
-returns what the loop must still back-propagate plus scalars for TensorBoard.
+The loop computes x = word_embeddings(input_ids) and (unless the method computes the task loss
+itself) the clean output f(x; θ) and loss, then hands an `AdversarialContext` to the method, which
+returns what the loop must still back-propagate and the scalars it declared. Each method says what
+it needs in class attributes; the loop reads those, never a method's name
+(`mtsmart.adversarial.registry` maps the config's names to classes).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 from torch import Tensor, nn
 
-from mtsmart.adversarial.config import AdversarialConfig
 from mtsmart.batch import Batch
 from mtsmart.rng import RngSnapshot
 from mtsmart.model import task_output
 from mtsmart.perturbation import unit_norm
-from mtsmart.smart import SmartConfig
 from mtsmart.task_types import TaskType
 
 # One perturbation per example (encoder sequence): the norm is over its T×H coordinates, as in
 # FGM (Miyato 2017), PGD on text and FreeLB (Zhu 2020).
-LEVEL = "sentence"
+LEVEL = "example"
 
 
 @dataclass
@@ -43,21 +45,34 @@ class AdversarialContext:
 @dataclass
 class AdversarialResult:
     loss: Optional[Tensor]  # what the loop must still back-propagate; None if nothing is left
-    adv_loss: float  # the perturbed loss / regulariser value (train/adv/loss)
-    delta_norm: float  # mean per-example ‖r‖ under the method's norm; 0 without a perturbation
-    stats: dict[str, float] = field(default_factory=dict)  # logged as train/adv/<name>
+    scalars: dict[str, float] = field(default_factory=dict)  # exactly the method's declared `scalars`
 
 
 class AdversarialMethod:
-    """One small object per method; the arithmetic lives in pure functions beside it."""
+    """One small object per method; the arithmetic lives in pure functions beside it.
 
-    replaces_task_loss: bool = False  # True: the loop skips the clean forward and L(x)
-    # The tensor the method perturbs: "word_embeddings" (ctx.embeds) or "embedding_output"
-    # (the loop then captures ctx.embedding_output from its clean forward).
+    What a method needs from the loop, and what it logs, are declared here, not known by name:
+    """
+
+    name: str = ""  # its `adversarial.method` value, for messages
+    # True: the method computes L(x, y) itself (in a forward of its own); the loop adds no task
+    # loss and runs its clean forward only when the Bregman term needs one.
+    computes_task_loss: bool = False
+    # True: the method back-propagates inside the micro-batch as well as the loop's one backward,
+    # so DistributedDataParallel cannot average the gradients in a backward (mtsmart.distributed).
+    extra_backward: bool = False
+    # The tensor it perturbs: "word_embeddings" (ctx.embeds) or "embedding_output" (the loop then
+    # captures ctx.embedding_output from its clean forward).
     perturbs: str = "word_embeddings"
+    # Logged as train/adv/<scalar> (docs/tensorboard.md); "loss" (its own term before its weight)
+    # also per task as train/adv/<task>/loss.
+    scalars: tuple[str, ...] = ("loss", "delta_norm")
 
     def __call__(self, ctx: AdversarialContext) -> AdversarialResult:
         raise NotImplementedError
+
+    def check_task_types(self, task_types: Iterable[TaskType]) -> None:
+        """Refuse options that do not fit a task type, before anything is loaded (default: all fit)."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -70,8 +85,11 @@ class AdversarialMethod:
 class NoAdversary(AdversarialMethod):
     """`method: none`: plain fine-tuning."""
 
+    name = "none"
+    scalars = ()
+
     def __call__(self, ctx: AdversarialContext) -> AdversarialResult:
-        return AdversarialResult(loss=ctx.loss, adv_loss=0.0, delta_norm=0.0)
+        return AdversarialResult(loss=ctx.loss)
 
 
 class RandomStartMethod(AdversarialMethod):
@@ -88,11 +106,6 @@ class RandomStartMethod(AdversarialMethod):
             super().load_state_dict(state)
         else:
             self.generator.set_state(state["generator"])
-
-
-def core_model(model: nn.Module) -> nn.Module:
-    """The MultiTaskModel inside a DistributedDataParallel wrapper (or the model itself)."""
-    return model.module if hasattr(model, "module") else model
 
 
 def require_labels(ctx: AdversarialContext, method: str) -> Tensor:
@@ -165,51 +178,3 @@ def random_start(
 
 def add(loss: Optional[Tensor], term: Tensor) -> Tensor:
     return term if loss is None else loss + term
-
-
-def build_adversary(
-    adv: AdversarialConfig, smart: SmartConfig, generator: Optional[torch.Generator] = None
-) -> AdversarialMethod:
-    """The method `adversarial.method` selects. `smart` configures method smart.
-
-    `generator` draws the random starts of FreeLB and R3F; None uses torch's global RNG (which the
-    loop seeds and checkpoints).
-    """
-    # Imported here: the method modules import this one for the context/result types.
-    from mtsmart.adversarial.ascent import FGM, PGD
-    from mtsmart.adversarial.freelb import FreeLB
-    from mtsmart.adversarial.gradient_penalty import GradientPenalty
-    from mtsmart.adversarial.matrix import MatrixAttack
-    from mtsmart.adversarial.r3f import R3F
-    from mtsmart.adversarial.rdrop import RDrop
-
-    norm = adv.resolved_norm
-    if adv.method == "none":
-        return NoAdversary()
-    if adv.method == "smart":
-        from mtsmart.adversarial.smart_method import SmartMethod
-
-        return SmartMethod(smart)
-    if adv.scope == "matrix":
-        if adv.method == "pgd":
-            return MatrixAttack(
-                step_size=adv.alpha, steps=adv.steps, norm=norm, radius=adv.epsilon, weight=adv.weight
-            )
-        # fgsm / fgm: one step of size ε, no projection.
-        return MatrixAttack(step_size=adv.epsilon, steps=1, norm=norm, radius=None, weight=adv.weight)
-    if adv.method in ("fgsm", "fgm"):
-        return FGM(epsilon=adv.epsilon, norm=norm, weight=adv.weight, name=adv.method)
-    if adv.method == "pgd":
-        return PGD(epsilon=adv.epsilon, alpha=adv.alpha, steps=adv.steps, norm=norm, weight=adv.weight)
-    if adv.method == "freelb":
-        return FreeLB(
-            epsilon=adv.epsilon, alpha=adv.alpha, steps=adv.steps, norm=norm,
-            init=adv.init, init_scale=adv.init_scale, generator=generator,
-        )
-    if adv.method == "gradient_penalty":
-        return GradientPenalty(epsilon=adv.epsilon, weight=adv.weight)
-    if adv.method == "r3f":
-        return R3F(init=adv.init, sigma=adv.init_scale, weight=adv.weight, generator=generator)
-    if adv.method == "rdrop":
-        return RDrop(weight=adv.weight)
-    raise ValueError(f"adversarial.method: unknown method {adv.method!r}")

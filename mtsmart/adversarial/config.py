@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 METHODS = ("none", "smart", "fgsm", "fgm", "pgd", "freelb", "gradient_penalty", "r3f", "rdrop")
-# The methods the seed articles run on the whole embedding matrix (SMART.md §3).
+# The methods the seed articles run on the whole embedding matrix (docs/adversarial.md).
 MATRIX_METHODS = ("fgsm", "fgm", "pgd")
 # The methods that take gradient-ascent steps under a norm.
 NORMED_METHODS = ("fgsm", "fgm", "pgd", "freelb")
@@ -17,7 +17,7 @@ class AdversarialConfig:
     method: Literal["none", "smart", "fgsm", "fgm", "pgd", "freelb", "gradient_penalty", "r3f", "rdrop"] = "smart"
     scope: Literal["example", "matrix"] = "example"  # example: each x_i; matrix: the whole word-embedding matrix (fgsm/fgm/pgd)
     epsilon: float = 1.0  # radius of fgsm/fgm/pgd/freelb; the penalty's ε in L + ½ε‖∇_x L‖²
-    alpha: float = 0.3  # PGD / FreeLB step size
+    step_size: float = 0.3  # η: the PGD / FreeLB ascent step
     steps: int = 3  # PGD / FreeLB ascent steps K
     norm: Literal["auto", "inf", "l2", "l1"] = "auto"  # auto: inf for fgsm (sign step), l2 for fgm/pgd/freelb
     init: Literal["zero", "normal", "uniform"] = "normal"  # FreeLB / R3F random start
@@ -36,8 +36,8 @@ class AdversarialConfig:
             )
         if self.epsilon <= 0:
             raise ValueError(f"adversarial.epsilon: {self.epsilon} must be positive")
-        if self.alpha <= 0:
-            raise ValueError(f"adversarial.alpha: {self.alpha} must be positive")
+        if self.step_size <= 0:
+            raise ValueError(f"adversarial.step_size: {self.step_size} must be positive")
         if self.steps < 1:
             raise ValueError(f"adversarial.steps: {self.steps} must be at least 1 (K ascent steps of pgd/freelb)")
         if self.weight < 0:

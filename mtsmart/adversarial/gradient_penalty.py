@@ -8,7 +8,7 @@ is over all of ∇_x L (N, T, H). Since ∇_{x_i} L = ∇_{x_i} ℓ_i / n, the p
 ½ ε · 1/n² Σ_i ‖∇_{x_i} ℓ_i‖²: for the same per-example gradients it shrinks as 1/n with the
 batch size n, so an ε tuned at one batch size should be scaled with n at another.
 
-The method makes the forward of L itself (`replaces_task_loss`): PyTorch's fused attention
+The method makes the forward of L itself (`computes_task_loss`): PyTorch's fused attention
 kernels (flash / memory-efficient SDPA) have no double backward, so that forward runs with the
 math SDPA backend. Cost: 1 forward, 1 input backward with create_graph, 1 double backward.
 """
@@ -29,13 +29,15 @@ def gradient_penalty(grad: Tensor, epsilon: float, mask: Tensor) -> Tensor:
 
 
 class GradientPenalty(AdversarialMethod):
-    replaces_task_loss = True  # it computes L(x, y) itself, in a double-differentiable forward
+    name = "gradient_penalty"
+    computes_task_loss = True  # in a double-differentiable forward of its own
+    scalars = ("loss", "task_loss", "input_grad_norm")
 
     def __init__(self, epsilon: float, weight: float):
         self.epsilon, self.weight = epsilon, weight
 
     def __call__(self, ctx: AdversarialContext) -> AdversarialResult:
-        labels = require_labels(ctx, "gradient_penalty")
+        labels = require_labels(ctx, self.name)
         if not ctx.embeds.requires_grad:
             raise ValueError("adversarial.method=gradient_penalty needs ∇_x: the word embeddings must require grad")
         with sdpa_kernel(SDPBackend.MATH):
@@ -45,7 +47,6 @@ class GradientPenalty(AdversarialMethod):
         penalty = gradient_penalty(grad, self.epsilon, ctx.mask)
         return AdversarialResult(
             loss=add(ctx.loss, task_loss + self.weight * penalty),
-            adv_loss=float(penalty.detach()),
-            delta_norm=0.0,
-            stats={"task_loss": float(task_loss.detach()), "input_grad_norm": float(grad.detach().float().norm())},
+            scalars={"loss": float(penalty.detach()), "task_loss": float(task_loss.detach()),
+                     "input_grad_norm": float(grad.detach().float().norm())},
         )

@@ -4,7 +4,7 @@ Their procedure, per batch (one norm for all of W, not per example):
 
     back-propagate the clean loss;  g = ∇_W
     FGM/FGSM: W ← W₀ + ε · g/‖g‖ (ε · sign(g));  back-propagate L(W);  restore W₀
-    PGD:      for t = 1 … K:  r ← Π_{‖r‖≤ε}(r + α · g/‖g‖),  W ← W₀ + r,  forward L(W);
+    PGD:      for t = 1 … K:  r ← Π_{‖r‖≤ε}(r + η · g/‖g‖),  W ← W₀ + r,  forward L(W);
                   t < K: g = ∇_W L(W) for the next step;  t = K: back-propagate L(W)
               restore W₀
     θ's gradient = ∇_θ [clean loss] + weight · ∇_θ L(W₀ + r_last)
@@ -26,13 +26,13 @@ import torch
 from torch import Tensor, nn
 
 from mtsmart.adversarial.base import (
-    AdversarialContext, AdversarialMethod, AdversarialResult, core_model, finite_or_zero, require_labels,
+    AdversarialContext, AdversarialMethod, AdversarialResult, finite_or_zero, require_labels,
 )
-from mtsmart.model import task_output
+from mtsmart.model import task_output, unwrap
 from mtsmart.perturbation import project, steepest_ascent, unit_norm
 
-# The whole matrix is one perturbation unit: view W (V, H) as one "sentence" (1, V, H).
-_UNIT = "sentence"
+# The whole matrix is one perturbation unit: view W (V, H) as one "example" (1, V, H) of V rows.
+_UNIT = "example"
 
 
 def matrix_direction(grad: Tensor, norm: str) -> Tensor:
@@ -72,15 +72,18 @@ def backward_capturing(backward: Callable[[Tensor], None], loss: Tensor, param: 
 class MatrixAttack(AdversarialMethod):
     """K steps of size `step_size` on W; `radius` None (FGM/FGSM) means no projection."""
 
-    def __init__(self, step_size: float, steps: int, norm: str, radius: Optional[float], weight: float):
+    extra_backward = True  # the clean loss is back-propagated first, to read ∇_W
+    scalars = ("loss", "delta_norm", "skipped")
+
+    def __init__(self, step_size: float, steps: int, norm: str, radius: Optional[float], weight: float, name: str):
         self.step_size, self.steps, self.norm, self.radius, self.weight = step_size, steps, norm, radius, weight
+        self.name = name
 
     def __call__(self, ctx: AdversarialContext) -> AdversarialResult:
-        name = "pgd" if self.radius is not None else "fgm/fgsm"
-        labels = require_labels(ctx, name)
+        labels = require_labels(ctx, self.name)
         if ctx.loss is None:
-            raise ValueError(f"adversarial.method={name} with scope=matrix needs the loop's clean loss")
-        weight = core_model(ctx.model).encoder.get_input_embeddings().weight
+            raise ValueError(f"adversarial.method={self.name} with scope=matrix needs the loop's clean loss")
+        weight = unwrap(ctx.model).encoder.get_input_embeddings().weight
         if not weight.requires_grad:
             raise ValueError("adversarial.scope=matrix needs a trainable word-embedding matrix")
         grad = rank_mean(backward_capturing(ctx.backward, ctx.loss, weight))
@@ -107,7 +110,6 @@ class MatrixAttack(AdversarialMethod):
                 weight.copy_(backup)
         return AdversarialResult(
             loss=None,  # clean and adversarial losses are both back-propagated already
-            adv_loss=float(adv_loss.detach()),
-            delta_norm=float(unit_norm(r.unsqueeze(0), self.norm, _UNIT)),
-            stats={"skipped": float(skipped)},
+            scalars={"loss": float(adv_loss.detach()), "delta_norm": float(unit_norm(r.unsqueeze(0), self.norm, _UNIT)),
+                     "skipped": float(skipped)},
         )

@@ -1,6 +1,6 @@
 """R3F (Aghajanyan et al., ICLR 2021): L + λ · ℓs(f(x + r), f(x)), r random, no ascent.
 
-r ~ N(0, σ²) or U(−σ, σ) per coordinate, zero at padding; ℓs is the task type's divergence
+r ~ N(0, σ²) or U(−σ, σ) per coordinate (σ = `adversarial.init_scale`), zero at padding; ℓs is the task type's divergence
 (symmetric KL for classification and ranking, squared error for regression), with gradients
 through both outputs as in R3F's code. Label-free: one extra forward, no extra backward.
 """
@@ -18,19 +18,21 @@ from mtsmart.model import task_output
 
 
 class R3F(RandomStartMethod):
-    def __init__(self, init: str, sigma: float, weight: float, generator: Optional[torch.Generator] = None):
+    name = "r3f"
+    scalars = ("loss", "delta_norm", "embed_norm")
+
+    def __init__(self, init: str, init_scale: float, weight: float, generator: Optional[torch.Generator] = None):
         super().__init__(generator)
-        self.init, self.sigma, self.weight = init, sigma, weight
+        self.init, self.init_scale, self.weight = init, init_scale, weight
 
     def __call__(self, ctx: AdversarialContext) -> AdversarialResult:
         if ctx.clean_output is None:
             raise ValueError("adversarial.method=r3f needs the loop's clean output f(x)")
-        noise = random_start(ctx.embeds, self.init, self.sigma, ctx.mask, self.generator)
+        noise = random_start(ctx.embeds, self.init, self.init_scale, ctx.mask, self.generator)
         noisy_output = task_output(ctx.model, ctx.batch, inputs_embeds=ctx.embeds + noise)
         divergence = get_divergence(ctx.task_type.default_divergence)(noisy_output, ctx.clean_output)
         return AdversarialResult(
             loss=add(ctx.loss, self.weight * divergence),
-            adv_loss=float(divergence.detach()),
-            delta_norm=mean_norm(noise, "l2"),
-            stats={"embed_norm": mean_norm(ctx.embeds, "l2")},
+            scalars={"loss": float(divergence.detach()), "delta_norm": mean_norm(noise, "l2"),
+                     "embed_norm": mean_norm(ctx.embeds, "l2")},
         )

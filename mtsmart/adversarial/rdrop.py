@@ -1,5 +1,5 @@
 """R-Drop (Liang et al., NeurIPS 2021): the task loss on two dropout samples of the same input,
-plus α times their disagreement. SMART.md §7 explains why it matters here: SMART as its authors
+plus α times their disagreement. docs/method.md "Two readings" explains why it matters here: SMART as its authors
 ran it (independent dropout masks in every pass) is largely this dropout-consistency term.
 
     L = ½ (L(f₁(x), y) + L(f₂(x), y)) + α · ½ (KL(P₁‖P₂) + KL(P₂‖P₁))     classification, ranking
@@ -29,15 +29,18 @@ def rdrop_consistency(first, second, divergence_name: str):
 
 
 class RDrop(AdversarialMethod):
+    name = "rdrop"
+    scalars = ("loss",)  # the two passes' disagreement
+
     def __init__(self, weight: float):
         self.weight = weight  # α
 
     def __call__(self, ctx: AdversarialContext) -> AdversarialResult:
-        first, first_loss = require_clean(ctx, "rdrop")
-        labels = require_labels(ctx, "rdrop")
+        first, first_loss = require_clean(ctx, self.name)
+        labels = require_labels(ctx, self.name)
         second = task_output(ctx.model, ctx.batch, inputs_embeds=ctx.embeds)  # new dropout masks
         second_loss = ctx.task_type.loss(second, labels)
         consistency = rdrop_consistency(first, second, ctx.task_type.default_divergence)
         # ctx.loss already holds L(f₁) (plus e.g. the Bregman term): move it to the two-pass mean.
         loss = ctx.loss + 0.5 * (second_loss - first_loss) + self.weight * consistency
-        return AdversarialResult(loss=loss, adv_loss=float(consistency.detach()), delta_norm=0.0)
+        return AdversarialResult(loss=loss, scalars={"loss": float(consistency.detach())})

@@ -69,11 +69,12 @@ def pooler_scale(bound: float) -> float:
 
 def classifier_config(encoder: BertModel, spec: TaskSpec):
     config = copy.deepcopy(encoder.config)
-    labels = list(spec.labels) if spec.type == "classification" else [SCORE_LABEL]
+    scores = spec.num_outputs == 1  # regression and ranking heads give one raw score
+    labels = [SCORE_LABEL] if scores else list(spec.labels)
     config.id2label = dict(enumerate(labels))
     config.label2id = {label: i for i, label in enumerate(labels)}
     # regression / ranking: raw scores (the pipeline applies no sigmoid), MSE if fine-tuned further.
-    config.problem_type = "single_label_classification" if spec.type == "classification" else "regression"
+    config.problem_type = "regression" if scores else "single_label_classification"
     config.classifier_dropout = spec.dropout
     config.architectures = ["BertForSequenceClassification"]
     return config

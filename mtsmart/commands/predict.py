@@ -19,6 +19,7 @@ from mtsmart.commands.common import add_run_arguments, check_target, open_run, t
 from mtsmart.data.encoding import encode_split
 from mtsmart.data.loader import eval_batches
 from mtsmart.data.readers import read_split
+from mtsmart.task_types import task_type_of
 from mtsmart.evaluate import evaluate, predict
 from mtsmart.run_dir import LoadedRun, RunDirError, run_eval_sets
 from mtsmart.task_spec import TaskSpec
@@ -93,7 +94,7 @@ def spec_for(glue: GlueFile, spec: TaskSpec) -> TaskSpec:
             f"{spec.source_file}: task {spec.name!r} has labels {list(spec.labels)}, "
             f"but {glue.file} needs {list(glue.labels)}"
         )
-    if not glue.labels and spec.type != "regression":
+    if not glue.labels and not task_type_of(spec).scores:
         raise RunDirError(f"{spec.source_file}: {glue.file} needs a regression task, {spec.name!r} is {spec.type}")
     if glue.file == "AX.tsv":
         return dataclasses.replace(spec, local=AX_LOCAL, hub=AX_HUB)
@@ -102,9 +103,10 @@ def spec_for(glue: GlueFile, spec: TaskSpec) -> TaskSpec:
 
 def prediction_strings(spec: TaskSpec, outputs: np.ndarray) -> list[str]:
     """Classification: the label name of the argmax; regression: the score clipped to [0, 5]."""
-    if spec.type == "regression":
-        return [f"{score:.6f}" for score in np.clip(outputs, *STSB_RANGE)]
-    return [spec.labels[i] for i in outputs.argmax(-1)]
+    predicted = task_type_of(spec).predict(outputs)
+    if task_type_of(spec).scores:
+        return [f"{score:.6f}" for score in np.clip(predicted, *STSB_RANGE)]
+    return [spec.labels[i] for i in predicted]
 
 
 def predict_test_set(loaded: LoadedRun, spec: TaskSpec, split: str) -> list[str]:

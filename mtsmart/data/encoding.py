@@ -22,6 +22,7 @@ from transformers import PreTrainedTokenizerBase
 from mtsmart.batch import Batch
 from mtsmart.data.examples import Example
 from mtsmart.task_spec import TaskSpec
+from mtsmart.task_types import task_type_of
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def encode_split(
 ) -> EncodedSplit:
     """Tokenise a split: one Item per example, or one GroupItem per query group (ranking)."""
     items = tokenize(examples, tokenizer, max_seq_len)
-    if spec.type != "ranking":
+    if not task_type_of(spec).grouped:
         return EncodedSplit(items)
     return group_candidates(spec, examples, items)
 

@@ -28,6 +28,7 @@ from typing import Any, Iterator, Optional, Union
 from mtsmart.data.config import DataConfig
 from mtsmart.data.examples import Example
 from mtsmart.task_spec import TaskSpec
+from mtsmart.task_types import task_type_of
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def local_split_file(spec: TaskSpec, split: str, root: Path) -> Optional[Path]:
 
 def convert_label(spec: TaskSpec, raw: Any, origin: str) -> Union[int, float]:
     """A label as the model needs it: class index into spec.labels, or a float score."""
-    if spec.type == "regression":
+    if task_type_of(spec).scores:
         try:
             score = float(raw)
         except (TypeError, ValueError):
@@ -364,7 +365,7 @@ def _examples_from_dataset(spec: TaskSpec, hub: dict, dataset, where: str, label
             if labelled:
                 raise DataError(f"{origin}: label {raw} (no label) in a labelled split")
             label = None
-        elif isinstance(raw, str) or spec.type == "regression":
+        elif isinstance(raw, str) or task_type_of(spec).scores:
             label = convert_label(spec, raw, origin)
         else:
             if not 0 <= raw < len(label_names):

@@ -1,0 +1,148 @@
+"""Where knowledge lives (docs/architecture.md): no import circle, the recipe imported by the CLI
+alone, method names only inside the methods and the config, old config names refused."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mtsmart.adversarial.config import METHODS
+from mtsmart.adversarial.registry import BUILDERS
+from mtsmart.config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "mtsmart"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: Path, known: set[str]) -> set[str]:
+    """The package's modules a file imports, at any depth of the file (function-level imports too).
+
+    `from mtsmart.a import b` counts as an import of `mtsmart.a.b` when that is a module, else of
+    `mtsmart.a`. Imports under `if TYPE_CHECKING:` are for annotations only and never run."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    type_only = {id(inner) for node in ast.walk(tree)
+                 if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+                 for stmt in node.body for inner in ast.walk(stmt)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name in known}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                found.add(full if full in known else node.module)
+    return found & known
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    files = {module_name(p): p for p in root.rglob("*.py")}
+    return {name: imported_modules(path, set(files)) - {name} for name, path in files.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import circle as a list of modules, or [] (depth-first search with colours)."""
+    state: dict[str, str] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str]:
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                cycle = visit(nxt)
+                if cycle:
+                    return cycle
+        state[node] = "done"
+        stack.pop()
+        return []
+
+    for node in sorted(graph):
+        if node not in state:
+            cycle = visit(node)
+            if cycle:
+                return cycle
+    return []
+
+
+def test_the_cycle_finder_finds_a_circle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) == []
+
+
+def test_imports_for_annotations_only_are_not_edges(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text("from typing import TYPE_CHECKING\nimport mtsmart.a\nif TYPE_CHECKING:\n    import mtsmart.b\n")
+    assert imported_modules(source, {"mtsmart.a", "mtsmart.b"}) == {"mtsmart.a"}
+
+
+def test_no_import_circle_in_the_package():
+    graph = import_graph(PACKAGE)
+    assert "mtsmart.adversarial.registry" in graph and graph["mtsmart.adversarial.registry"]
+    assert find_cycle(graph) == []
+
+
+def test_the_training_recipe_is_imported_by_the_cli_alone():
+    importers = []
+    for folder in ("mtsmart", "scripts", "examples"):
+        for path in (REPO / folder).rglob("*.py"):
+            if "mtsmart.train" in imported_modules(path, {"mtsmart.train"}):
+                importers.append(str(path.relative_to(REPO)))
+    assert importers == ["mtsmart/cli.py"]
+
+
+def string_constants(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = {
+        id(node.body[0].value) for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+        and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)
+    }
+    return {node.value for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings}
+
+
+def test_no_method_name_outside_the_methods_and_the_config():
+    """The loop, the DDP code and the logging read what a method declares, never which it is."""
+    names = set(METHODS) - {"none"}
+    allowed = {PACKAGE / "config.py", PACKAGE / "config_doc.py"}
+    leaks = {}
+    for path in PACKAGE.rglob("*.py"):
+        if "adversarial" in path.relative_to(PACKAGE).parts or path in allowed:
+            continue
+        # A name inside a longer string is prose or a message; a string that *is* a name is code.
+        hits = names & string_constants(path)
+        if hits:
+            leaks[str(path.relative_to(REPO))] = sorted(hits)
+    assert leaks == {}
+
+
+def test_every_method_the_config_accepts_has_a_builder():
+    assert set(BUILDERS) == set(METHODS)
+
+
+def test_reading_a_config_does_not_load_the_encoder_libraries():
+    code = "import sys, mtsmart.config; print('transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("smart.noise_std=1e-5", "smart.noise_std is now called smart.init_scale"),
+    ("adversarial.alpha=0.3", "adversarial.alpha is now called adversarial.step_size"),
+    ("smart.level=sentence", "smart.level: 'sentence' is now called 'example'"),
+])
+def test_old_names_are_refused_with_the_new_one(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
