@@ -127,6 +127,9 @@ def test_a_tiny_study_runs_reports_and_continues(tmp_path, data_root, monkeypatc
     plan = {"setting": "rte", "variants": ["plain"], "args": ["--max-examples", "8", "--attack-steps", "1", "--radii", "1e-2"]}
     path = write_study(tmp_path, robustness=plan)
     assert main(["study", str(path), "--workers", "2"]) == 0
+    printed = capsys.readouterr().out
+    # Robustness runs as its own stage in the run's worker slot, for the plain report runs only.
+    assert printed.count("robust ") == 2 and "robust rte/plain/default/seed_2" in printed
     study = load_study(path)
     point = chosen_point(study, "rte", "rdrop")
     folders = [Job("rte", v, p, s, "", {}).folder(study.runs_dir)

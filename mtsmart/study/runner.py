@@ -3,7 +3,8 @@
 Order: setting by setting, the tune runs first; a variant's report runs start as soon as its
 grid point is chosen (at once for a variant without a grid). A finished run (results.json) is
 skipped; an interrupted one continues from its latest checkpoint (`train.resume=auto`); one
-that left no checkpoint starts again. Finished runs lose their checkpoints: what stays (config,
+that left no checkpoint starts again. A run the study measures for robustness goes on, in the
+same worker slot, to `mtsmart robustness` once its training finishes; it is done when both are. Finished runs lose their checkpoints: what stays (config,
 results.json, TensorBoard events, the log) is small enough to commit, so a study can be
 continued later or elsewhere.
 """
@@ -37,7 +38,14 @@ class Running:
     started: float
     log: object
     threads: int
-    robustness: Optional[tuple[str, ...]]  # `mtsmart robustness` options once it finishes, or None
+    robustness: Optional[tuple[str, ...]]  # `mtsmart robustness` options the run owes, or None
+    stage: str = "train"  # the process: "train", then "robustness" when the run owes a measurement
+
+    def owes_robustness(self, runs_dir: Path) -> bool:
+        """Training finished, the robustness measurement not yet made."""
+        folder = self.job.folder(runs_dir)
+        return (self.stage == "train" and self.robustness is not None and self.process.returncode == 0
+                and is_finished(folder) and not (folder / ROBUSTNESS).is_file())
 
 
 def is_finished(folder: Path) -> bool:
@@ -55,6 +63,10 @@ def has_checkpoint(folder: Path) -> bool:
     return checkpoints.is_dir() and any(p.name.startswith("step_") for p in checkpoints.iterdir())
 
 
+def thread_env(threads: int) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
 def launch(job: Job, runs_dir: Path, threads: int, robustness: Optional[tuple[str, ...]] = None) -> Running:
     folder = job.folder(runs_dir)
     resume = has_checkpoint(folder)
@@ -66,19 +78,18 @@ def launch(job: Job, runs_dir: Path, threads: int, robustness: Optional[tuple[st
     command = [sys.executable, "-m", "mtsmart", "train", str(folder / RUN_CONFIG)]
     if resume:
         command.append("train.resume=auto")
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     log = open(folder / "train.log", "a", encoding="utf-8")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=thread_env(threads))
     return Running(job, process, time.monotonic(), log, threads, robustness)
 
 
-def measure_robustness(folder: Path, args: tuple[str, ...], threads: int) -> bool:
-    """`mtsmart robustness` of a finished run, from its last checkpoint (output appended to train.log)."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    with open(folder / "train.log", "a", encoding="utf-8") as log:
-        result = subprocess.run([sys.executable, "-m", "mtsmart", "robustness", "--run", str(folder), *args],
-                                stdout=log, stderr=subprocess.STDOUT, env=env)
-    return result.returncode == 0 and (folder / ROBUSTNESS).is_file()
+def launch_robustness(trained: Running, runs_dir: Path) -> Running:
+    """`mtsmart robustness` of a run whose training just finished, in the same worker slot, from
+    its last checkpoint (output appended to train.log; the attempt's clock keeps running)."""
+    folder = trained.job.folder(runs_dir)
+    command = [sys.executable, "-m", "mtsmart", "robustness", "--run", str(folder), *trained.robustness]
+    process = subprocess.Popen(command, stdout=trained.log, stderr=subprocess.STDOUT, env=thread_env(trained.threads))
+    return Running(trained.job, process, trained.started, trained.log, trained.threads, trained.robustness, "robustness")
 
 
 def record(running: Running, runs_dir: Path) -> bool:
@@ -87,9 +98,7 @@ def record(running: Running, runs_dir: Path) -> bool:
     folder = running.job.folder(runs_dir)
     path = folder / RUN_RECORD
     previous = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"seconds": 0.0, "attempts": 0}
-    finished = is_finished(folder)
-    if finished and running.robustness is not None and not (folder / ROBUSTNESS).is_file():
-        finished = measure_robustness(folder, running.robustness, running.threads)
+    finished = is_finished(folder) and (running.robustness is None or (folder / ROBUSTNESS).is_file())
     entry = {
         "phase": running.job.phase,
         "seconds": previous["seconds"] + time.monotonic() - running.started,
@@ -166,6 +175,10 @@ def run_study(study: Study, workers: int, threads: int, poll_seconds: float = 2.
             time.sleep(poll_seconds)
             for item in [r for r in running if r.process.poll() is not None]:
                 running.remove(item)
+                if item.owes_robustness(study.runs_dir):
+                    running.append(launch_robustness(item, study.runs_dir))
+                    print(f"robust {_name(item.job)} (training done; measuring robustness)", flush=True)
+                    continue
                 done = record(item, study.runs_dir)
                 status = "done  " if done else f"FAILED (exit {item.process.returncode}; see train.log)"
                 print(f"{status} {_name(item.job)} in {time.monotonic() - item.started:.0f} s; "
