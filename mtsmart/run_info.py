@@ -43,4 +43,5 @@ def run_info(cfg, command_line: Optional[list[str]]) -> dict:
         "command_line": command_line if command_line is not None else sys.argv,
         "seed": cfg.train.seed,
         "cuda": torch.cuda.is_available(),
+        "intra_op_threads": torch.get_num_threads(),  # OMP_NUM_THREADS, e.g. as `mtsmart study --threads` sets it
     }

@@ -381,3 +381,13 @@ def test_bench_step_quick_runs():
     assert run.returncode == 0, run.stderr
     for line in ("plain fine-tuning", "SMART K=1", "floor K=1", "SMART K=1 / floor K=1", "methods through train_microbatch"):
         assert line in run.stdout
+
+
+
+def test_bench_step_quick_times_both_precisions_side_by_side():
+    run = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_step.py"), "--quick", "--only", "smart",
+                          "--precision", "both"], capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    assert "bf16 speed-up over fp32" in run.stdout
+    speedups = [line for line in run.stdout.split("bf16 speed-up over fp32")[1].splitlines()[1:] if line.strip().endswith("x)")]
+    assert any(line.split()[0] == "plain" for line in speedups) and all(float(line.split()[-2].rstrip("x")) > 0 for line in speedups)

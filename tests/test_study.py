@@ -126,7 +126,7 @@ def test_a_tiny_study_runs_reports_and_continues(tmp_path, data_root, monkeypatc
     monkeypatch.setenv("MTSMART_DATA", str(data_root))
     plan = {"setting": "rte", "variants": ["plain"], "args": ["--max-examples", "8", "--attack-steps", "1", "--radii", "1e-2"]}
     path = write_study(tmp_path, robustness=plan)
-    assert main(["study", str(path), "--workers", "2"]) == 0
+    assert main(["study", str(path), "--workers", "2", "--threads", "2"]) == 0
     printed = capsys.readouterr().out
     # Robustness runs as its own stage in the run's worker slot, for the plain report runs only.
     assert printed.count("robust ") == 2 and "robust rte/plain/default/seed_2" in printed
@@ -138,12 +138,19 @@ def test_a_tiny_study_runs_reports_and_continues(tmp_path, data_root, monkeypatc
         assert (folder / "results.json").is_file() and (folder / "tb").is_dir()
         assert not (folder / "checkpoints").exists()  # never committed: dropped once the run finished
         assert json.loads((folder / RUN_RECORD).read_text())["returncode"] == 0
+        assert json.loads((folder / "run_info.json").read_text())["intra_op_threads"] == 2  # --threads 2
     for folder in folders:  # measured on the plain report runs, before their checkpoints went
         assert (folder / "robustness.json").is_file() == ("plain" in str(folder))
     report = (study.output_dir / "report.md").read_text()
     assert "### Smoothness after training (rte" in report and "| plain | rte | 0.01 | 2 |" in report
     assert "| plain | default | 2 |" in report and f"| rdrop | {point} | 2 |" in report
     assert (study.output_dir / "report.png").stat().st_size > 1000
+
+    # --report-only writes the same report from the finished runs and starts nothing.
+    (study.output_dir / "report.md").unlink()
+    assert main(["study", str(path), "--report-only"]) == 0
+    assert "start " not in capsys.readouterr().out
+    assert (study.output_dir / "report.md").read_text() == report
 
     # A run that was killed after its first checkpoint continues from it; finished runs are skipped.
     killed = folders[0]
