@@ -319,3 +319,10 @@ def test_the_loop_records_its_own_step_times(tmp_path, train_tiny):
     assert all(row["examples"] == 4 and row["tokens"] % 4 == 0 and row["tokens"] >= 4 for row in rows)
     for clock in ("wall_s", "cpu_s"):
         assert all(a[clock] <= b[clock] for a, b in zip(rows, rows[1:]))
+
+
+def test_profile_precision_quick_prints_both_precisions():
+    out = run_script("profile_precision.py", "--warmup", "1", "--repeats", "1", "--top", "5")
+    rows = out.split("fp32/bf16")[1].strip().splitlines()
+    assert len(rows) == 6 and rows[-1].split()[:2] == ["all", "operators"]
+    assert float(rows[-1].split()[2]) > 0 and float(rows[-1].split()[3]) > 0  # total ms in fp32 and bf16
