@@ -51,7 +51,8 @@ class AdversarialResult:
 class AdversarialMethod:
     """One small object per method; the arithmetic lives in pure functions beside it.
 
-    What a method needs from the loop, and what it logs, are declared here, not known by name:
+    What a method needs from the loop, and what it logs, are declared in the class attributes
+    below; the loop reads them and never a method's name.
     """
 
     name: str = ""  # its `adversarial.method` value, for messages
