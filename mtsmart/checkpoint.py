@@ -39,7 +39,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import mtsmart
-from mtsmart.config import Config, config_to_dict
+from mtsmart.config import Config, config_to_dict, renamed_to_current
 from mtsmart.io import atomic_write_json
 
 FORMAT_VERSION = 2  # 2: per-rank RNG and adversary states
@@ -280,7 +280,7 @@ def check_compatible(directory: Path, cfg: Config, world_size: int) -> dict:
     state = read_state(directory)
     if state["model_name"] != cfg.model.name_or_path:
         raise CheckpointError(f"{directory}: checkpoint of model {state['model_name']!r}, this run uses {cfg.model.name_or_path!r}")
-    differences = config_differences(state["config"], config_to_dict(cfg))
+    differences = config_differences(renamed_to_current(state["config"]), config_to_dict(cfg))
     if differences and not cfg.train.resume_force:
         raise CheckpointError(
             f"{directory}: config differs from the checkpoint's in {differences}; "

@@ -210,6 +210,24 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return _build(Config, data, "")
 
 
+def renamed_to_current(data: dict[str, Any]) -> dict[str, Any]:
+    """A config mtsmart itself wrote before a rename (a run's config.yaml, a checkpoint's state),
+    with its old names replaced by the current ones: the meaning is the same, so such runs still
+    load and resume. A config a person writes keeps getting the refusal that names the new key."""
+    current = {section: dict(value) if isinstance(value, dict) else value for section, value in data.items()}
+    for old, new in RENAMED_KEYS.items():
+        section, old_key = old.split(".")
+        block = current.get(section)
+        if isinstance(block, dict) and old_key in block:
+            block[new.split(".")[1]] = block.pop(old_key)
+    for key, values in RENAMED_VALUES.items():
+        section, name = key.split(".")
+        block = current.get(section)
+        if isinstance(block, dict) and block.get(name) in values:
+            block[name] = values[block[name]]
+    return current
+
+
 def config_to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
@@ -244,8 +262,11 @@ def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def load_config(path: Optional[str | Path] = None, overrides: list[str] = ()) -> Config:
-    """Defaults, then the YAML file (if any), then each override in order."""
+def load_config(path: Optional[str | Path] = None, overrides: list[str] = (), written_by_mtsmart: bool = False) -> Config:
+    """Defaults, then the YAML file (if any), then each override in order.
+
+    written_by_mtsmart: the file is a run's own config.yaml, whose names from before a rename are
+    read as the current ones (`renamed_to_current`)."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -258,6 +279,8 @@ def load_config(path: Optional[str | Path] = None, overrides: list[str] = ()) ->
                 raise ConfigError(f"{path}: not valid YAML: {error}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a config file must hold a mapping")
+        if written_by_mtsmart:
+            data = renamed_to_current(data)
     for text in overrides:
         apply_override(data, *parse_override(text))
     try:

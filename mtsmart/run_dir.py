@@ -72,7 +72,7 @@ def run_config(run: Path, data_root: Optional[str] = None) -> Config:
     path = run / "config.yaml"
     if not path.is_file():
         raise RunDirError(f"{run} is not a run directory: {path.name} is missing")
-    cfg = load_config(path)
+    cfg = load_config(path, written_by_mtsmart=True)  # a run from before a rename still loads
     if data_root is not None:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=data_root))
     return cfg

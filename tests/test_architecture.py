@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mtsmart.adversarial.config import METHODS
 from mtsmart.adversarial.registry import BUILDERS
@@ -146,3 +147,23 @@ def test_reading_a_config_does_not_load_the_encoder_libraries():
 def test_old_names_are_refused_with_the_new_one(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+def test_a_run_written_before_the_rename_still_loads_and_resumes(tmp_path):
+    """A run's own config.yaml (and a checkpoint's saved config) with the old names is read as the
+    current ones; only a config a person writes is refused."""
+    from mtsmart.checkpoint import config_differences
+    from mtsmart.config import config_to_dict, renamed_to_current
+
+    old = config_to_dict(load_config(None, ["smart.init_scale=3e-5", "adversarial.step_size=0.1", "smart.level=example"]))
+    old["smart"]["noise_std"] = old["smart"].pop("init_scale")
+    old["adversarial"]["alpha"] = old["adversarial"].pop("step_size")
+    old["smart"]["level"] = "sentence"
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(old), encoding="utf-8")
+    with pytest.raises(ConfigError, match="is now called"):
+        load_config(path)
+    cfg = load_config(path, written_by_mtsmart=True)
+    assert (cfg.smart.init_scale, cfg.adversarial.step_size, cfg.smart.level) == (3e-5, 0.1, "example")
+    assert config_differences(renamed_to_current(old), config_to_dict(cfg)) == []
+    assert "noise_std" in old["smart"]  # the saved dict itself is left as it was
