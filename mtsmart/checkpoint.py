@@ -45,7 +45,8 @@ from mtsmart.io import atomic_write_json
 FORMAT_VERSION = 2  # 2: per-rank RNG and adversary states
 # Keys allowed to differ between a checkpoint's config and the resuming run's.
 RESUME_FREE_KEYS = ("train.resume", "train.resume_force", "train.stop_after_steps", "output_dir", "eval.every_steps", "train.log_every_steps",
-                    "train.save_every_steps", "train.keep_checkpoints", "data.root", "train.keep_freed_memory")
+                    "train.save_every_steps", "train.keep_checkpoints", "data.root", "train.keep_freed_memory",
+                    "train.record_step_times")
 
 
 STATE_KEYS = ("model_name", "config", "train_state", "sampler", "loaders", "world_size", "rng")
@@ -242,7 +243,9 @@ def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
-    a, b = _flatten(saved), _flatten(current)
+    """The keys whose values differ. A key the saved config lacks was added to mtsmart after the
+    checkpoint was written, with a default that keeps the earlier behaviour: it counts as that default."""
+    a, b = {**_flatten(config_to_dict(Config())), **_flatten(saved)}, _flatten(current)
     keys = sorted(set(a) | set(b))
     return [k for k in keys if k not in RESUME_FREE_KEYS and a.get(k) != b.get(k)]
 

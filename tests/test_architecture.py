@@ -167,3 +167,16 @@ def test_a_run_written_before_the_rename_still_loads_and_resumes(tmp_path):
     assert (cfg.smart.init_scale, cfg.adversarial.step_size, cfg.smart.level) == (3e-5, 0.1, "example")
     assert config_differences(renamed_to_current(old), config_to_dict(cfg)) == []
     assert "noise_std" in old["smart"]  # the saved dict itself is left as it was
+
+
+def test_a_checkpoint_from_before_a_new_key_resumes():
+    """A key added after a checkpoint was written counts as its default (the earlier behaviour)."""
+    from mtsmart.checkpoint import config_differences
+    from mtsmart.config import config_to_dict
+
+    current = config_to_dict(load_config(None, []))
+    saved = config_to_dict(load_config(None, []))
+    del saved["train"]["record_step_times"], saved["data"]["train_examples"]
+    assert config_differences(saved, current) == []
+    saved["train"]["lr"] = 1.0
+    assert config_differences(saved, current) == ["train.lr"]
