@@ -4,7 +4,6 @@ that load a run (`mtsmart.run_dir`), the Trainer integration and the benchmarks 
     specs = load_specs(cfg); tokenizer = build_tokenizer(cfg)
     model = build_model(cfg, specs, tokenizer, device)   # MultiTaskModel on its device
     bregman = build_bregman(model, cfg, total_steps)     # AdamW inside the Bregman wrapper
-    adversary = build_adversary(cfg, specs)              # the `adversarial.method` regulariser
 """
 from __future__ import annotations
 
@@ -17,8 +16,6 @@ from torch import nn
 from transformers import AutoConfig, AutoModel
 
 from mtsmart import distributed
-from mtsmart.adversarial.base import AdversarialMethod
-from mtsmart.adversarial.registry import build_adversary as build_method
 from mtsmart.bregman import BregmanProximal
 from mtsmart.config import Config
 from mtsmart.data.encoding import encode_split
@@ -28,7 +25,6 @@ from mtsmart.evaluate import EvalSet
 from mtsmart.io import atomic_write_text
 from mtsmart.model import TINY, MultiTaskModel, load_encoder, load_tokenizer, resolve_pretrained_path
 from mtsmart.task_spec import DEFAULT_TASKS_DIR, TaskSpec, load_task_spec
-from mtsmart.task_types import task_type_of
 
 RUN_TASKS_DIR = "tasks"  # a run's copies of its task files: evaluation reads these, not today's tasks/
 
@@ -169,10 +165,3 @@ def build_bregman(model: nn.Module, cfg: Config, total_updates: int) -> BregmanP
     """AdamW inside the Bregman proximal wrapper (which keeps no teacher when μ = 0).
     Build it after the model is on its device (and, under DDP, wrapped)."""
     return BregmanProximal(build_optimizer(model, cfg), model, cfg.bregman, total_updates)
-
-
-def build_adversary(cfg: Config, specs: dict[str, TaskSpec]) -> AdversarialMethod:
-    """The `adversarial.method` regulariser, its options checked against the tasks' types."""
-    adversary = build_method(cfg.adversarial, cfg.smart)
-    adversary.check_task_types({task_type_of(spec) for spec in specs.values()})
-    return adversary

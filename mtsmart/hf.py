@@ -37,7 +37,7 @@ from mtsmart.logger import ScalarMeter
 from mtsmart.smart_config import SmartConfig
 from mtsmart.step import train_microbatch
 from mtsmart.task_spec import TaskSpec
-from mtsmart.task_types import task_type_of
+from mtsmart.task_types import task_types_of
 
 TASK = "task"  # the view's one task name
 STATE_FILE = "mtsmart_state.pt"  # the teacher and the regulariser's counters, beside the Trainer's files
@@ -111,8 +111,7 @@ class SmartTrainer(Trainer):
         self.bregman_config = bregman or BregmanConfig()
         self.adversarial_config = adversarial or AdversarialConfig()  # SMART's Rs
         self.view = SequenceClassifierView(self.model)
-        self.adversary = build_adversary(self.adversarial_config, self.smart_config)
-        self.adversary.check_task_types([task_type_of(spec) for spec in self.view.specs.values()])
+        self.adversary = build_adversary(self.adversarial_config, self.smart_config, task_types_of(self.view.specs))
         self.bregman: Optional[BregmanProximal] = None  # built at the first step, when max_steps is known
         self._resume_state: Optional[str] = None
         self._meter = ScalarMeter()

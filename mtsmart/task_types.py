@@ -12,7 +12,7 @@ Outputs ("task outputs") by type:
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -157,3 +157,8 @@ TASK_TYPES: dict[str, TaskType] = {t.name: t for t in (Classification(), Regress
 
 def task_type_of(spec: "TaskSpec") -> TaskType:
     return TASK_TYPES[spec.type]
+
+
+def task_types_of(specs: "Mapping[str, TaskSpec]") -> set[TaskType]:
+    """The distinct task types of a run's tasks (what a regulariser's options are checked against)."""
+    return {task_type_of(spec) for spec in specs.values()}

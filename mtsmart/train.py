@@ -24,6 +24,7 @@ import torch
 from mtsmart import build
 from mtsmart import checkpoint as ckpt
 from mtsmart import distributed
+from mtsmart.adversarial.registry import build_adversary
 from mtsmart.allocator import keep_freed_memory
 from mtsmart.config import Config, ConfigError, save_config
 from mtsmart.io import atomic_write_json, check_writable_dir
@@ -36,6 +37,7 @@ from mtsmart.sampler import TaskSampler
 from mtsmart.schedule import linear_warmup_decay
 from mtsmart.step import train_microbatch
 from mtsmart.step_times import StepTimes
+from mtsmart.task_types import task_types_of
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -92,7 +94,7 @@ class Trainer:
 
         self.specs = build.load_specs(cfg)
         # Its options are checked against the task types here, before anything is loaded.
-        self.adversary = build.build_adversary(cfg, self.specs)
+        self.adversary = build_adversary(cfg.adversarial, cfg.smart, task_types_of(self.specs))
         self.tokenizer = build.build_tokenizer(cfg)
         self.loaders = build.build_train_loaders(cfg, self.specs, self.tokenizer, self.world)
         self.eval_sets = build.build_eval_sets(cfg, self.specs, self.tokenizer)

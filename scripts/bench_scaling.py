@@ -25,9 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_common import NUM_LABELS, TASK, Setting, add_setting_arguments, setting_from  # noqa: E402
 from mtsmart import build  # noqa: E402
+from mtsmart.adversarial.registry import build_adversary  # noqa: E402
 from mtsmart.batch import Batch  # noqa: E402
 from mtsmart.config import load_config  # noqa: E402
 from mtsmart.step import train_microbatch  # noqa: E402
+from mtsmart.task_types import task_types_of  # noqa: E402
 
 PLAIN = ["adversarial.method=none", "bregman.mu=0"]
 SMART = ["adversarial.method=smart", "smart.steps=1", "bregman.mu=0"]
@@ -40,7 +42,7 @@ def step_of(setting: Setting, overrides: list[str], batch: Batch) -> Callable[[]
     specs = build.load_specs(cfg)
     model = build.build_model(cfg, specs, build.build_tokenizer(cfg), torch.device("cpu")).train()
     bregman = build.build_bregman(model, cfg, total_updates=1000)
-    adversary = build.build_adversary(cfg, specs)
+    adversary = build_adversary(cfg.adversarial, cfg.smart, task_types_of(specs))
     autocast = build.autocast_factory(setting.precision, torch.device("cpu"))
 
     def step() -> None:

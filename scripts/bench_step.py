@@ -16,7 +16,7 @@ Two suites, timed in the same interleaved rounds unless --only picks one:
   smart-pytorch's SMARTLoss;
 - methods: each method of mtsmart.adversarial (--methods, default all) and plain fine-tuning
   (method none), each step through the training loop's own `train_microbatch` with
-  `build_adversary(AdversarialConfig(method=...), SmartConfig())`, a BregmanProximal with
+  `build_adversary(AdversarialConfig(method=...), SmartConfig(), task types)`, a BregmanProximal with
   mu = 0 and AdamW; reported as time and ratio to plain, beside the passes each method makes.
 
 The floor of SMART with K ascent steps, from measured units (docs/performance.md explains it):
@@ -51,6 +51,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
 
 from mtsmart.adversarial.registry import build_adversary  # noqa: E402
+from mtsmart.task_types import task_types_of  # noqa: E402
 from mtsmart.adversarial.config import AdversarialConfig  # noqa: E402
 from mtsmart.allocator import keep_freed_memory  # noqa: E402
 from mtsmart.batch import Batch  # noqa: E402
@@ -238,7 +239,7 @@ def fwd_bwd_params(model, batch) -> Callable[[], None]:
 def method_step(model, batch, optimizer, method: str) -> Callable[[], None]:
     """One optimizer step of `method` exactly as the trainer takes it (one micro-batch; the
     precision is the caller's autocast, see `in_precision`)."""
-    adversary = build_adversary(AdversarialConfig(**METHODS[method][0]), SmartConfig())
+    adversary = build_adversary(AdversarialConfig(**METHODS[method][0]), SmartConfig(), task_types_of(model.specs))
     # mu = 0: no teacher, no Bregman term; the wrapper only steps the shared AdamW.
     bregman = BregmanProximal(optimizer, model, BregmanConfig(mu=0.0), total_updates=1)
 

@@ -23,9 +23,11 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
 
 from mtsmart import build  # noqa: E402
+from mtsmart.adversarial.registry import build_adversary  # noqa: E402
 from mtsmart.batch import Batch  # noqa: E402
 from mtsmart.config import load_config  # noqa: E402
 from mtsmart.step import train_microbatch  # noqa: E402
+from mtsmart.task_types import task_types_of  # noqa: E402
 
 
 def self_times(step, repeats: int) -> dict[str, float]:
@@ -55,7 +57,7 @@ def main() -> None:
     tokenizer = build.build_tokenizer(cfg)
     model = build.build_model(cfg, specs, tokenizer, torch.device("cpu")).train()
     bregman = build.build_bregman(model, cfg, total_updates=1000)
-    adversary = build.build_adversary(cfg, specs)
+    adversary = build_adversary(cfg.adversarial, cfg.smart, task_types_of(specs))
     ids = torch.randint(1000, len(tokenizer), (args.batch_size, args.seq_len))
     batch = Batch(task="rte", input_ids=ids, attention_mask=torch.ones_like(ids), token_type_ids=torch.zeros_like(ids),
                   labels=torch.randint(0, 2, (args.batch_size,)))

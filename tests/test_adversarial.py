@@ -24,7 +24,6 @@ from mtsmart.model import MultiTaskModel, load_encoder, task_output
 from mtsmart.perturbation import token_mask
 from mtsmart.adversarial.smart_method import SmartRegularizer
 from mtsmart.smart_config import SmartConfig
-from mtsmart.task_types import TASK_TYPES
 from mtsmart.task_spec import TaskSpec
 from mtsmart.task_types import TASK_TYPES
 
@@ -104,7 +103,7 @@ def run(
 
 
 def adversary(**options) -> AdversarialMethod:
-    return build_adversary(AdversarialConfig(**options), SmartConfig())
+    return build_adversary(AdversarialConfig(**options), SmartConfig(), TASK_TYPES.values())
 
 
 # ----------------------------------------------------------------------------- naive references
@@ -533,7 +532,7 @@ def test_distributed_data_parallel_wrapper_gives_the_same_gradients(tmp_path):
 def test_smart_method_adds_the_regularizer_term():
     cfg = SmartConfig(weight=3.0, epsilon=1e-2, step_size=1e-2, init_scale=1e-3)
     model, batch = make_model(), make_batch("cls")
-    method = build_adversary(AdversarialConfig(method="smart"), cfg)
+    method = build_adversary(AdversarialConfig(method="smart"), cfg, TASK_TYPES.values())
     torch.manual_seed(5)
     result, actual = run(method, model, batch)
 

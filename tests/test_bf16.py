@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from mtsmart.adversarial.registry import build_adversary
+from mtsmart.task_types import task_types_of
 from mtsmart.adversarial.config import AdversarialConfig
 from mtsmart.batch import Batch
 from mtsmart.bregman import BregmanProximal
@@ -74,7 +75,7 @@ def one_step(model, batch, name: str, precision: str):
         with torch.no_grad():
             for param in bregman.teacher.parameters():
                 param.add_(0.05 * torch.randn_like(param))
-    adversary = build_adversary(AdversarialConfig(**adv), SmartConfig(**smart))
+    adversary = build_adversary(AdversarialConfig(**adv), SmartConfig(**smart), task_types_of(model.specs))
     torch.manual_seed(7)
     stats = train_microbatch(model, batch, adversary, bregman, lambda loss: loss.backward(),
                              autocast_factory(precision, torch.device("cpu")))

@@ -174,8 +174,8 @@ def test_unknown_input_is_refused_naming_the_key():
 
 
 def test_smart_method_perturbs_what_smart_input_names():
-    assert build_adversary(AdversarialConfig(method="smart"), SmartConfig()).perturbs == "word_embeddings"
-    method = build_adversary(AdversarialConfig(method="smart"), SmartConfig(input="embedding_output"))
+    assert build_adversary(AdversarialConfig(method="smart"), SmartConfig(), TASK_TYPES.values()).perturbs == "word_embeddings"
+    method = build_adversary(AdversarialConfig(method="smart"), SmartConfig(input="embedding_output"), TASK_TYPES.values())
     assert method.perturbs == "embedding_output"
 
 
@@ -211,7 +211,7 @@ def test_rdrop_gradient_is_its_formula_with_two_dropout_samples(task):
     ctx = AdversarialContext(model=model, batch=batch, task_type=task_type, embeds=x,
                              mask=token_mask(batch.attention_mask, x.dtype), clean_output=first,
                              task_loss=first_loss, loss=first_loss, backward=lambda loss: loss.backward())
-    result = build_adversary(AdversarialConfig(method="rdrop", weight=alpha), SmartConfig())(ctx)
+    result = build_adversary(AdversarialConfig(method="rdrop", weight=alpha), SmartConfig(), TASK_TYPES.values())(ctx)
     result.loss.backward()
     actual = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
@@ -242,7 +242,7 @@ def test_rdrop_needs_labels():
                              mask=token_mask(batch.attention_mask, x.dtype), clean_output=task_output(model, batch),
                              task_loss=None, loss=None, backward=lambda loss: None)
     with pytest.raises(ValueError, match="rdrop"):
-        build_adversary(AdversarialConfig(method="rdrop"), SmartConfig())(ctx)
+        build_adversary(AdversarialConfig(method="rdrop"), SmartConfig(), TASK_TYPES.values())(ctx)
 
 
 # --------------------------------------------------------------------------- the teacher's schedule

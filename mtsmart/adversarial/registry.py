@@ -5,13 +5,13 @@ and nothing outside `mtsmart/adversarial/` needs a method's name.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 
 from mtsmart.adversarial.ascent import FGM, PGD
 from mtsmart.adversarial.base import AdversarialMethod, NoAdversary
-from mtsmart.adversarial.config import METHODS, AdversarialConfig
+from mtsmart.adversarial.config import AdversarialConfig
 from mtsmart.adversarial.freelb import FreeLB
 from mtsmart.adversarial.gradient_penalty import GradientPenalty
 from mtsmart.adversarial.matrix import MatrixAttack
@@ -19,6 +19,7 @@ from mtsmart.adversarial.r3f import R3F
 from mtsmart.adversarial.rdrop import RDrop
 from mtsmart.adversarial.smart_method import SmartRegularizer
 from mtsmart.smart_config import SmartConfig
+from mtsmart.task_types import TaskType
 
 Builder = Callable[[AdversarialConfig, SmartConfig, Optional[torch.Generator]], AdversarialMethod]
 
@@ -55,13 +56,20 @@ BUILDERS: dict[str, Builder] = {
 
 
 def build_adversary(
-    adv: AdversarialConfig, smart: SmartConfig, generator: Optional[torch.Generator] = None
+    adv: AdversarialConfig,
+    smart: SmartConfig,
+    task_types: Iterable[TaskType],
+    generator: Optional[torch.Generator] = None,
 ) -> AdversarialMethod:
-    """The method `adversarial.method` selects; `smart` configures method smart.
+    """The method `adversarial.method` selects (`smart` configures method smart), its options
+    checked against the types of the tasks it will regularise (a divergence a task type cannot
+    use is refused here, before anything is loaded).
 
     `generator` draws the random starts of FreeLB and R3F; None uses torch's global RNG (which the
     loop seeds and checkpoints).
     """
     if adv.method not in BUILDERS:
         raise ValueError(f"adversarial.method: unknown method {adv.method!r}; choose one of {sorted(BUILDERS)}")
-    return BUILDERS[adv.method](adv, smart, generator)
+    adversary = BUILDERS[adv.method](adv, smart, generator)
+    adversary.check_task_types(task_types)
+    return adversary
