@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from mtsmart.cli import main
+from mtsmart.study.report import family_level
 from mtsmart.study.results import chosen_point, paired_difference, summarise
 from mtsmart.study.runner import RUN_RECORD
 from mtsmart.study.spec import Job, StudyError, load_study
@@ -53,6 +54,30 @@ def test_paired_difference_is_the_t_interval_of_the_seed_differences():
     assert d.mean == pytest.approx(mean)
     assert (d.low, d.high) == (pytest.approx(mean - half), pytest.approx(mean + half))
     assert paired_difference({1: 0.5}, {1: 0.4}) is None  # one pair: no interval
+
+
+def t4_quantile(p: float) -> float:
+    """Student's t with 4 degrees of freedom, inverted by bisection on its closed-form CDF
+    F(t) = 1/2 + (3/4)·u·(1 − u²/3), u = t / √(4 + t²)."""
+    low, high = 0.0, 100.0
+    for _ in range(200):
+        t = (low + high) / 2
+        u = t / math.sqrt(4 + t * t)
+        low, high = (t, high) if 0.5 + 0.75 * u * (1 - u * u / 3) < p else (low, t)
+    return (low + high) / 2
+
+
+def test_the_bonferroni_interval_uses_the_quantile_of_level_one_minus_alpha_over_m():
+    assert family_level(7) == pytest.approx(1 - 0.05 / 7) and family_level(1) == pytest.approx(0.95)
+    values = {4: 0.80, 5: 0.83, 6: 0.79, 7: 0.85, 8: 0.81}
+    reference = {4: 0.78, 5: 0.80, 6: 0.79, 7: 0.82, 8: 0.80}
+    diffs = [0.02, 0.03, 0.0, 0.03, 0.01]
+    mean = sum(diffs) / 5
+    sd = math.sqrt(sum((x - mean) ** 2 for x in diffs) / 4)
+    assert t4_quantile(0.975) == pytest.approx(2.7764451051977987)  # the bisection against the table value
+    half = t4_quantile(1 - 0.05 / 14) * sd / math.sqrt(5)  # two-sided: α/m split over both tails
+    d = paired_difference(values, reference, family_level(7))
+    assert (d.low, d.high) == (pytest.approx(mean - half), pytest.approx(mean + half))
 
 
 def test_summary_has_the_sample_std_and_the_best_of_the_first_three():
@@ -144,6 +169,7 @@ def test_a_tiny_study_runs_reports_and_continues(tmp_path, data_root, monkeypatc
     report = (study.output_dir / "report.md").read_text()
     assert "### Smoothness after training (rte" in report and "| plain | rte | 0.01 | 2 |" in report
     assert "| plain | default | 2 |" in report and f"| rdrop | {point} | 2 |" in report
+    assert "Bonferroni over the setting's m = 1 comparison (" in report  # rdrop vs plain: the plain 95% interval
     assert (study.output_dir / "report.png").stat().st_size > 1000
 
     # --report-only writes the same report from the finished runs and starts nothing.

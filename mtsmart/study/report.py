@@ -1,6 +1,8 @@
 """The study's tables (Markdown) and plot (PNG): per setting, the tuning grid on the tune seeds,
 then each variant on the report seeds — mean ± std, best of 3, and the seed-paired difference to
-the baseline with its 95% interval."""
+the baseline with its 95% interval, and beside it the Bonferroni-adjusted interval over the
+setting's comparisons (with m comparisons, one 95% interval in m excludes 0 by chance about
+m/20 times; the adjusted ones, at level 1 − 0.05/m, hold together)."""
 from __future__ import annotations
 
 import json
@@ -12,6 +14,12 @@ from mtsmart.study.runner import RUN_RECORD
 from mtsmart.study.spec import Job, Study
 
 SCALE = 100.0  # metrics are shown in points
+LEVEL = 0.95  # each paired interval's confidence level
+
+
+def family_level(comparisons: int) -> float:
+    """Bonferroni: each of `comparisons` intervals at 1 − (1 − LEVEL)/m holds all m at ≥ LEVEL."""
+    return 1 - (1 - LEVEL) / max(comparisons, 1)
 
 
 def _pm(values: list[float]) -> str:
@@ -19,8 +27,8 @@ def _pm(values: list[float]) -> str:
     return f"{s.mean:.2f} ± {s.std:.2f}" if s.n > 1 else f"{s.mean:.2f}"
 
 
-def _interval(values: dict[int, float], reference: dict[int, float]) -> str:
-    d = paired_difference({k: v * SCALE for k, v in values.items()}, {k: v * SCALE for k, v in reference.items()})
+def _interval(values: dict[int, float], reference: dict[int, float], level: float = LEVEL) -> str:
+    d = paired_difference({k: v * SCALE for k, v in values.items()}, {k: v * SCALE for k, v in reference.items()}, level)
     if d is None:
         return "—"
     mark = " **+**" if d.low > 0 else (" **−**" if d.high < 0 else "")
@@ -62,24 +70,33 @@ def setting_markdown(study: Study, setting: str) -> tuple[list[str], float]:
         lines.append("")
     values = report_values(study, setting)
     baseline = values[study.baseline][1]
+    comparisons = len(values) - 1 + len(study.comparisons)
+    level = family_level(comparisons)
     lines += [f"Report, seeds {study.report_seeds}; Δ = seed-paired difference to {study.baseline} with its 95% "
-              "t-interval (**+** / **−**: the interval excludes 0):", "",
-              "| variant | grid point | n | mean ± std | best of 3 | Δ vs " + study.baseline + " [95% CI] | min / run |",
-              "|---|---|---|---|---|---|---|"]
+              f"t-interval (**+** / **−**: the interval excludes 0); beside it the same difference's interval at "
+              f"{100 * level:.2f}%, Bonferroni over the setting's m = {comparisons} comparison"
+              f"{'s' if comparisons > 1 else ''} (all of them hold together at 95%):", "",
+              "| variant | grid point | n | mean ± std | best of 3 | Δ vs " + study.baseline + " [95% CI] "
+              f"| Δ [Bonferroni, m = {comparisons}] | min / run |",
+              "|---|---|---|---|---|---|---|---|"]
     for variant, (point, found) in values.items():
         if point is None:
-            lines.append(f"| {variant} | (tuning unfinished) | 0 | — | — | — | — |")
+            lines.append(f"| {variant} | (tuning unfinished) | 0 | — | — | — | — | — |")
             continue
         run_minutes = _minutes(study, setting, variant, point, study.report_seeds)
         minutes += run_minutes
         ordered = [found[s] for s in study.report_seeds if s in found]
         summary = summarise([v * SCALE for v in ordered]) if ordered else None
         best = f"{summary.best_of_3:.2f}" if summary and summary.best_of_3 is not None else "—"
-        delta = "(baseline)" if variant == study.baseline else _interval(found, baseline)
+        is_baseline = variant == study.baseline
+        delta = "(baseline)" if is_baseline else _interval(found, baseline)
+        adjusted = "" if is_baseline else _interval(found, baseline, level)
         per_run = f"{run_minutes / len(found):.1f}" if found else "—"
-        lines.append(f"| {variant} | {point} | {len(found)} | {_pm(ordered) if ordered else '—'} | {best} | {delta} | {per_run} |")
+        lines.append(f"| {variant} | {point} | {len(found)} | {_pm(ordered) if ordered else '—'} | {best} | {delta} "
+                     f"| {adjusted} | {per_run} |")
     for variant, reference in study.comparisons:
-        lines.append(f"| {variant} − {reference} | | | | | {_interval(values[variant][1], values[reference][1])} | |")
+        pair = values[variant][1], values[reference][1]
+        lines.append(f"| {variant} − {reference} | | | | | {_interval(*pair)} | {_interval(*pair, level=level)} | |")
     lines.append("")
     return lines, minutes
 
