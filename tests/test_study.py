@@ -12,7 +12,7 @@ import yaml
 from mtsmart.cli import main
 from mtsmart.study.report import family_level
 from mtsmart.study.results import chosen_point, paired_difference, summarise
-from mtsmart.study.runner import RUN_RECORD
+from mtsmart.study.runner import RUN_RECORD, _estimate
 from mtsmart.study.spec import Job, StudyError, load_study
 
 TINY_BASE = {
@@ -78,6 +78,11 @@ def test_the_bonferroni_interval_uses_the_quantile_of_level_one_minus_alpha_over
     half = t4_quantile(1 - 0.05 / 14) * sd / math.sqrt(5)  # two-sided: α/m split over both tails
     d = paired_difference(values, reference, family_level(7))
     assert (d.low, d.high) == (pytest.approx(mean - half), pytest.approx(mean + half))
+
+
+def test_the_time_to_go_is_the_mean_finished_run_times_the_runs_left_over_the_workers():
+    assert _estimate([100.0, 200.0], left=48, workers=2) == ", about 1.0 h more at this pace"  # 150 s × 48 / 2
+    assert _estimate([], left=48, workers=2) == "" and _estimate([100.0], left=0, workers=2) == ""
 
 
 def test_summary_has_the_sample_std_and_the_best_of_the_first_three():

@@ -160,6 +160,7 @@ class Queue:
 def run_study(study: Study, workers: int, threads: int, poll_seconds: float = 2.0) -> list[Job]:
     """Runs every unfinished run; returns the runs that failed (the others are done)."""
     queue, running, failed = Queue(study), [], []
+    pace: list[float] = []  # seconds of each run finished by this invocation
     print(f"study {study.name}: {queue.remaining()} runs to consider, {workers} workers × {threads} threads", flush=True)
     try:
         while True:
@@ -181,8 +182,11 @@ def run_study(study: Study, workers: int, threads: int, poll_seconds: float = 2.
                     continue
                 done = record(item, study.runs_dir)
                 status = "done  " if done else f"FAILED (exit {item.process.returncode}; see train.log)"
-                print(f"{status} {_name(item.job)} in {time.monotonic() - item.started:.0f} s; "
-                      f"{queue.remaining() + len(running)} left", flush=True)
+                seconds = time.monotonic() - item.started
+                left = queue.remaining() + len(running)
+                if done:
+                    pace.append(seconds)
+                print(f"{status} {_name(item.job)} in {seconds:.0f} s; {left} left{_estimate(pace, left, workers)}", flush=True)
                 if not done:
                     failed.append(item.job)
     finally:
@@ -191,6 +195,15 @@ def run_study(study: Study, workers: int, threads: int, poll_seconds: float = 2.
             item.process.wait()
             record(item, study.runs_dir)
     return failed
+
+
+def _estimate(pace: list[float], left: int, workers: int) -> str:
+    """A rough time to go: the mean of this invocation's finished runs, `workers` at a time (runs
+    of later settings or heavier variants can take longer)."""
+    if not pace or not left:
+        return ""
+    hours = sum(pace) / len(pace) * left / workers / 3600
+    return f", about {hours:.1f} h more at this pace"
 
 
 def _name(job: Job) -> str:
