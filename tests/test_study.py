@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from mtsmart.cli import main
-from mtsmart.study.report import family_level
+from mtsmart.study.report import _ratio, family_level
 from mtsmart.study.results import chosen_point, paired_difference, summarise
 from mtsmart.study.runner import RUN_RECORD, _estimate
 from mtsmart.study.spec import Job, StudyError, load_study
@@ -83,6 +83,17 @@ def test_the_bonferroni_interval_uses_the_quantile_of_level_one_minus_alpha_over
 def test_the_time_to_go_is_the_mean_finished_run_times_the_runs_left_over_the_workers():
     assert _estimate([100.0, 200.0], left=48, workers=2) == ", about 1.0 h more at this pace"  # 150 s × 48 / 2
     assert _estimate([], left=48, workers=2) == "" and _estimate([100.0], left=0, workers=2) == ""
+
+
+def test_the_smoothness_ratio_is_the_geometric_mean_of_the_paired_ratios_with_a_log_t_interval():
+    values, reference = {4: 2.0, 5: 8.0, 6: 3.0}, {4: 1.0, 5: 2.0, 6: 1.0, 7: 5.0}  # ratios 2, 4, 3; seed 7 unpaired
+    logs = [math.log(2), math.log(4), math.log(3)]
+    mean = sum(logs) / 3
+    half = 4.302652729911275 * math.sqrt(sum((x - mean) ** 2 for x in logs) / 2) / math.sqrt(3)  # t 0.975, 2 dof
+    expected = f"{math.exp(mean):.2f} [{math.exp(mean - half):.2f}, {math.exp(mean + half):.2f}] **>**"  # excludes 1
+    assert _ratio(values, reference) == expected and math.exp(mean) == pytest.approx(24 ** (1 / 3))
+    assert _ratio({4: 0.5, 5: 0.52}, {4: 1.0, 5: 1.0}).endswith("**<**")  # reliably below 1: smoother
+    assert _ratio({4: 0.5}, {4: 1.0}) == "—"  # one pair: no interval
 
 
 def test_summary_has_the_sample_std_and_the_best_of_the_first_three():

@@ -6,6 +6,7 @@ m/20 times; the adjusted ones, at level 1 − 0.05/m, hold together)."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -101,33 +102,62 @@ def setting_markdown(study: Study, setting: str) -> tuple[list[str], float]:
     return lines, minutes
 
 
+def robustness_by_seed(study: Study, variant: str, point: Optional[str]) -> dict[int, dict]:
+    """report seed → the run's robustness.json "results", for the seeds that have one."""
+    found = {}
+    for seed in study.report_seeds:
+        path = Job(study.robustness.setting, variant, point or "", seed, "", {}).folder(study.runs_dir) / "robustness.json"
+        if point and path.is_file():
+            found[seed] = json.loads(path.read_text(encoding="utf-8"))["results"]
+    return found
+
+
+def _ratio(values: dict[int, float], reference: dict[int, float]) -> str:
+    """The geometric mean of the seed-paired ratios value / reference with its 95% interval (a
+    t-interval on the log ratios: ℓs spans orders of magnitude, so ratios, not differences)."""
+    d = paired_difference({k: math.log(v) for k, v in values.items() if v > 0},
+                          {k: math.log(v) for k, v in reference.items() if v > 0})
+    if d is None:
+        return "—"
+    mark = " **<**" if d.high < 0 else (" **>**" if d.low > 0 else "")
+    return f"{math.exp(d.mean):.2f} [{math.exp(d.low):.2f}, {math.exp(d.high):.2f}]{mark}"
+
+
 def robustness_markdown(study: Study) -> list[str]:
-    """Per variant and radius: the attack's ℓs and the robust metric, mean ± std over report seeds."""
+    """Per variant and radius: ℓs under the attack and under random noise, each also as a
+    seed-paired ratio to the baseline, and the metric under attack; over the report seeds."""
     plan = study.robustness
     if plan is None:
         return []
+    base = study.baseline
     lines = [f"### Smoothness after training ({plan.setting}, `mtsmart robustness {' '.join(plan.args)}`)", "",
-             "ℓs under a PGD attack on the embeddings within ε (lower = smoother) and the task metric under the "
-             "attack, mean ± std over the report seeds that have it:", "",
-             "| variant | eval set | ε | n | ℓs attack | ℓs random | metric under attack |", "|---|---|---|---|---|---|---|"]
+             "ℓs under a PGD attack on the embeddings within ε and under random noise of the same size (lower = "
+             "smoother), mean ± std over the report seeds that have it; ÷ " + base + ": the geometric mean of the "
+             "seed-paired ratios to " + base + " with its 95% interval (**<** / **>**: the interval excludes 1); "
+             "and the task metric under the attack:", "",
+             f"| variant | eval set | ε | n | ℓs attack | ÷ {base} [95% CI] | ℓs random | ÷ {base} [95% CI] "
+             "| metric under attack |", "|---|---|---|---|---|---|---|---|---|"]
     values = report_values(study, plan.setting)
+    reference = robustness_by_seed(study, base, values[base][0])
     for variant in plan.variants:
-        point = values[variant][0]
-        found = []
-        for seed in study.report_seeds:
-            path = Job(plan.setting, variant, point or "", seed, "", {}).folder(study.runs_dir) / "robustness.json"
-            if point and path.is_file():
-                found.append(json.loads(path.read_text(encoding="utf-8"))["results"])
+        found = robustness_by_seed(study, variant, values[variant][0])
         if not found:
-            lines.append(f"| {variant} | — | — | 0 | — | — | — |")
+            lines.append(f"| {variant} | — | — | 0 | — | — | — | — | — |")
             continue
-        for eval_name, first in found[0].items():
-            for eps in first["radii"]:
-                runs = [r[eval_name]["radii"][eps] for r in found]
-                attack = _spread([r["attack"] for r in runs])
-                random = _spread([r["random"] for r in runs])
-                metrics = ", ".join(f"{m} {_pm([r['robust'][m] for r in runs])}" for m in runs[0]["robust"])
-                lines.append(f"| {variant} | {eval_name} | {eps} | {len(runs)} | {attack} | {random} | {metrics} |")
+        first = next(iter(found.values()))
+        for eval_name, measured in first.items():
+            for eps in measured["radii"]:
+                runs = {seed: r[eval_name]["radii"][eps] for seed, r in found.items()}
+                paired = {seed: r[eval_name]["radii"][eps] for seed, r in reference.items()
+                          if eps in r.get(eval_name, {}).get("radii", {})}
+                cells = []
+                for kind in ("attack", "random"):
+                    mine = {seed: r[kind] for seed, r in runs.items()}
+                    ratio = "" if variant == base else _ratio(mine, {seed: r[kind] for seed, r in paired.items()})
+                    cells += [_spread(list(mine.values())), ratio]
+                metrics = ", ".join(f"{m} {_pm([r['robust'][m] for r in runs.values()])}"
+                                    for m in next(iter(runs.values()))["robust"])
+                lines.append(f"| {variant} | {eval_name} | {eps} | {len(runs)} | {' | '.join(cells)} | {metrics} |")
     lines.append("")
     return lines
 
