@@ -186,6 +186,7 @@ def test_a_tiny_study_runs_reports_and_continues(tmp_path, data_root, monkeypatc
     assert "### Smoothness after training (rte" in report and "| plain | rte | 0.01 | 2 |" in report
     assert "| plain | default | 2 |" in report and f"| rdrop | {point} | 2 |" in report
     assert "Bonferroni over the setting's m = 1 comparison (" in report  # rdrop vs plain: the plain 95% interval
+    assert "Runs done: 6 of 6." in report  # 2 rdrop tune runs (one seed, two points) + 2 variants × 2 report seeds
     assert (study.output_dir / "report.png").stat().st_size > 1000
 
     # --report-only writes the same report from the finished runs and starts nothing.
@@ -197,6 +198,8 @@ def test_a_tiny_study_runs_reports_and_continues(tmp_path, data_root, monkeypatc
     # A run that was killed after its first checkpoint continues from it; finished runs are skipped.
     killed = folders[0]
     (killed / "results.json").unlink()
+    assert main(["study", str(path), "--report-only"]) == 0
+    assert "Runs done: 5 of 6." in (study.output_dir / "report.md").read_text()
     capsys.readouterr()
     assert main(["train", str(killed / "study_config.yaml"), "train.stop_after_steps=2", "train.resume=auto"]) == 0
     assert main(["study", str(path)]) == 0

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from mtsmart.study.results import chosen_point, metrics_by_seed, paired_difference, summarise
-from mtsmart.study.runner import RUN_RECORD
+from mtsmart.study.runner import RUN_RECORD, is_done
 from mtsmart.study.spec import Job, Study
 
 SCALE = 100.0  # metrics are shown in points
@@ -167,10 +167,27 @@ def _spread(values: list[float]) -> str:
     return f"{s.mean:.3e} ± {s.std:.1e}" if s.n > 1 else f"{s.mean:.3e}"
 
 
+def runs_done(study: Study) -> tuple[int, int]:
+    """(runs done, runs in all): every tune run, and every variant's report runs (at its chosen
+    point; a variant still tuning has none done). Done includes a robustness measurement owed."""
+    done = total = 0
+    for setting in study.settings:
+        for job in study.tune_jobs(setting):
+            total, done = total + 1, done + is_done(job, study)
+        for variant in study.variants:
+            point = chosen_point(study, setting, variant)
+            for seed in study.report_seeds:
+                total += 1
+                done += point is not None and is_done(study.report_job(setting, variant, point, seed), study)
+    return done, total
+
+
 def markdown(study: Study) -> str:
+    done, total = runs_done(study)
     lines = [f"# Study `{study.name}`", "",
              f"Study file: `{study.path.name}`. Metric: final dev `{study.metric}` × 100 (results.json \"final\"). "
-             f"Grid points are chosen on seeds {study.tune_seeds or '—'}; reported on seeds {study.report_seeds}.", ""]
+             f"Grid points are chosen on seeds {study.tune_seeds or '—'}; reported on seeds {study.report_seeds}. "
+             f"Runs done: {done} of {total}.", ""]
     total = 0.0
     for setting in study.settings:
         block, minutes = setting_markdown(study, setting)
