@@ -11,7 +11,7 @@ import yaml
 
 from mtsmart.cli import main
 from mtsmart.study.report import _ratio, family_level
-from mtsmart.study.results import chosen_point, paired_difference, summarise
+from mtsmart.study.results import chosen_point, paired_difference, pooled_difference, summarise
 from mtsmart.study.runner import RUN_RECORD, _estimate
 from mtsmart.study.spec import Job, StudyError, load_study
 
@@ -94,6 +94,66 @@ def test_the_smoothness_ratio_is_the_geometric_mean_of_the_paired_ratios_with_a_
     assert _ratio(values, reference) == expected and math.exp(mean) == pytest.approx(24 ** (1 / 3))
     assert _ratio({4: 0.5, 5: 0.52}, {4: 1.0, 5: 1.0}).endswith("**<**")  # reliably below 1: smoother
     assert _ratio({4: 0.5}, {4: 1.0}) == "—"  # one pair: no interval
+
+
+def t_quantile(p: float, dof: float) -> float:
+    """Student's t quantile for any (non-integer) dof: Simpson's rule on the closed-form density,
+    inverted by bisection — independent of scipy."""
+    const = math.exp(math.lgamma((dof + 1) / 2) - math.lgamma(dof / 2)) / math.sqrt(dof * math.pi)
+
+    def cdf(x: float, steps: int = 4000) -> float:
+        h = x / steps
+        f = [const * (1 + (i * h) ** 2 / dof) ** (-(dof + 1) / 2) for i in range(steps + 1)]
+        return 0.5 + h / 3 * (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2]))
+
+    low, high = 0.0, 60.0
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if cdf(mid) < p else (low, mid)
+    return (low + high) / 2
+
+
+def test_the_pooled_difference_is_the_mean_over_settings_with_a_welch_satterthwaite_interval():
+    # Setting A: paired differences 1, 2, 3 (mean 2, s² = 1, s²/n = 1/3); B: 0, 2 (mean 1, s² = 2, s²/n = 1).
+    a = ({1: 11.0, 2: 12.0, 3: 13.0}, {1: 10.0, 2: 10.0, 3: 10.0})
+    b = ({1: 5.0, 2: 7.0}, {1: 5.0, 2: 5.0, 9: 1.0})  # seed 9 has no partner
+    d = pooled_difference([a, b])
+    variance = (1 / 3 + 1) / 4  # Σ sᵢ²/nᵢ / k²
+    dof = (1 / 3 + 1) ** 2 / ((1 / 3) ** 2 / 2 + 1 ** 2 / 1)  # 32/19
+    half = t_quantile(0.975, dof) * math.sqrt(variance)
+    assert t_quantile(0.975, 4.0) == pytest.approx(2.7764451051977987, rel=1e-6)  # the reference against the table
+    assert (d.n, d.mean) == (5, pytest.approx(1.5))
+    assert (d.low, d.high) == (pytest.approx(1.5 - half, rel=1e-5), pytest.approx(1.5 + half, rel=1e-5))
+    # One setting: exactly the paired difference; a setting without two pairs: no pooled value.
+    one, single = pooled_difference([a]), paired_difference(*a)
+    assert (one.mean, one.low, one.high) == (pytest.approx(single.mean), pytest.approx(single.low), pytest.approx(single.high))
+    assert pooled_difference([a, ({1: 1.0}, {1: 0.0})]) is None
+
+
+def test_the_report_pools_each_variant_over_settings_from_the_runs_results(tmp_path):
+    """Two settings of hand-written results.json (no training): the "All settings" row is the
+    pooled difference of those numbers, and it waits until every setting has its runs."""
+    from mtsmart.study.report import markdown
+
+    path = write_study(tmp_path, settings={"rte": {"tasks": ["rte"]}, "mrpc": {"tasks": ["mrpc"]}},
+                       variants={"plain": {}, "rdrop": {"adversarial": {"method": "rdrop"}}})
+    study = load_study(path)
+    scores = {("rte", "plain"): {2: 0.50, 3: 0.60}, ("rte", "rdrop"): {2: 0.53, 3: 0.61},
+              ("mrpc", "plain"): {2: 0.70, 3: 0.72}}
+    for (setting, variant), by_seed in scores.items():
+        for seed, value in by_seed.items():
+            folder = Job(setting, variant, "default", seed, "", {}).folder(study.runs_dir)
+            folder.mkdir(parents=True)
+            (folder / "results.json").write_text(json.dumps({"final": {"avg": value}}))
+    assert "| rdrop | 1 of 2 | — |" in markdown(study)  # mrpc's rdrop runs are missing
+    for seed, value in {2: 0.70, 3: 0.76}.items():
+        folder = Job("mrpc", "rdrop", "default", seed, "", {}).folder(study.runs_dir)
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(json.dumps({"final": {"avg": value}}))
+    # In points: rte differences 3, 1; mrpc 0, 4.
+    d = pooled_difference([({2: 3.0, 3: 1.0}, {2: 0.0, 3: 0.0}), ({2: 0.0, 3: 4.0}, {2: 0.0, 3: 0.0})])
+    assert d.mean == pytest.approx(2.0)
+    assert f"| rdrop | 2 of 2 | {d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}] |" in markdown(study)
 
 
 def test_summary_has_the_sample_std_and_the_best_of_the_first_three():

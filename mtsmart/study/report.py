@@ -10,7 +10,9 @@ import math
 from pathlib import Path
 from typing import Optional
 
-from mtsmart.study.results import chosen_point, metrics_by_seed, paired_difference, summarise
+from mtsmart.study.results import (
+    PairedDifference, chosen_point, metrics_by_seed, paired_difference, pooled_difference, summarise,
+)
 from mtsmart.study.runner import RUN_RECORD, is_done
 from mtsmart.study.spec import Job, Study
 
@@ -100,6 +102,42 @@ def setting_markdown(study: Study, setting: str) -> tuple[list[str], float]:
         lines.append(f"| {variant} − {reference} | | | | | {_interval(*pair)} | {_interval(*pair, level=level)} | |")
     lines.append("")
     return lines, minutes
+
+
+def _scaled(values: dict[int, float]) -> dict[int, float]:
+    return {k: v * SCALE for k, v in values.items()}
+
+
+def pooled_by_variant(study: Study) -> dict[str, tuple[int, Optional[PairedDifference]]]:
+    """variant → (settings with ≥ 2 paired report seeds, the pooled difference to the baseline in
+    points, or None until every setting has them)."""
+    per_setting = [report_values(study, setting) for setting in study.settings]
+    out = {}
+    for variant in study.variants:
+        if variant == study.baseline:
+            continue
+        pairs = [(_scaled(v[variant][1]), _scaled(v[study.baseline][1])) for v in per_setting]
+        ready = sum(len(set(a) & set(b)) >= 2 for a, b in pairs)
+        out[variant] = (ready, pooled_difference(pairs) if ready == len(pairs) else None)
+    return out
+
+
+def pooled_markdown(study: Study) -> list[str]:
+    """Each variant's difference to the baseline averaged over the settings (a secondary reading:
+    does it help on average? The per-setting intervals decide)."""
+    if len(study.settings) < 2:
+        return []
+    lines = ["### All settings", "",
+             f"Each variant's seed-paired difference to {study.baseline}, averaged over the {len(study.settings)} "
+             "settings (the unweighted mean of the per-setting mean differences), with its 95% Welch–Satterthwaite "
+             "t-interval (each setting keeps its own seed variance):", "",
+             f"| variant | settings with results | Δ vs {study.baseline}, mean over settings [95% CI] |", "|---|---|---|"]
+    for variant, (ready, d) in pooled_by_variant(study).items():
+        cell = "—" if d is None else f"{d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}]" + (
+            " **+**" if d.low > 0 else (" **−**" if d.high < 0 else ""))
+        lines.append(f"| {variant} | {ready} of {len(study.settings)} | {cell} |")
+    lines.append("")
+    return lines
 
 
 def robustness_by_seed(study: Study, variant: str, point: Optional[str]) -> dict[int, dict]:
@@ -193,33 +231,39 @@ def markdown(study: Study) -> str:
         block, minutes = setting_markdown(study, setting)
         lines += block
         total += minutes
+    lines += pooled_markdown(study)
     lines += robustness_markdown(study)
     lines += [f"Wall time of the finished runs, summed over runs: {total / 60:.1f} h (each run on its own worker).", ""]
     return "\n".join(lines)
 
 
 def plot(study: Study, path: Path) -> None:
-    """One panel per setting: each variant's paired difference to the baseline with its 95% interval."""
+    """One panel per setting: each variant's paired difference to the baseline with its 95%
+    interval; with several settings, a last panel of the differences averaged over them."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    settings = list(study.settings)
     others = [v for v in study.variants if v != study.baseline]
-    figure, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 0.45 * len(others) + 1.6), squeeze=False)
-    for axis, setting in zip(axes[0], settings):
+    panels: list[tuple[str, dict[str, Optional[PairedDifference]]]] = []
+    for setting in study.settings:
         values = report_values(study, setting)
-        baseline = {k: v * SCALE for k, v in values[study.baseline][1].items()}
+        baseline = _scaled(values[study.baseline][1])
+        panels.append((setting, {v: paired_difference(_scaled(values[v][1]), baseline) for v in others}))
+    if len(study.settings) > 1:
+        panels.append(("all settings (mean)", {v: d for v, (_, d) in pooled_by_variant(study).items()}))
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.45 * len(others) + 1.6), squeeze=False)
+    for axis, (title, differences) in zip(axes[0], panels):
         for row, variant in enumerate(others):
-            d = paired_difference({k: v * SCALE for k, v in values[variant][1].items()}, baseline)
+            d = differences[variant]
             if d is not None:
                 colour = "tab:green" if d.low > 0 else ("tab:red" if d.high < 0 else "tab:gray")
                 axis.errorbar(d.mean, row, xerr=[[d.mean - d.low], [d.high - d.mean]], fmt="o", color=colour, capsize=3)
         axis.axvline(0.0, color="black", linewidth=0.8)
         axis.set_yticks(range(len(others)), others if axis is axes[0][0] else [""] * len(others))
         axis.invert_yaxis()
-        axis.set_title(setting)
+        axis.set_title(title)
         axis.set_xlabel(f"Δ {study.metric} vs {study.baseline} (points, 95% CI)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)

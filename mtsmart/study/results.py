@@ -91,3 +91,35 @@ def paired_difference(values: dict[int, float], reference: dict[int, float], lev
     sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
     half = scipy_stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
     return PairedDifference(n, mean, mean - half, mean + half)
+
+
+def pooled_difference(
+    per_setting: list[tuple[dict[int, float], dict[int, float]]], level: float = 0.95
+) -> Optional[PairedDifference]:
+    """The unweighted mean over settings of each setting's mean seed-paired difference, with a
+    Welch–Satterthwaite t-interval: var = Σ sᵢ²/nᵢ / k², dof = (Σ sᵢ²/nᵢ)² / Σ (sᵢ²/nᵢ)²/(nᵢ − 1).
+
+    Each (values, reference) pair is one setting's {seed: metric}. Settings differ in their seed
+    noise, so each keeps its own variance; None unless every setting has ≥ 2 paired seeds. `n` is
+    the number of pairs over all settings.
+    """
+    means, variances, counts = [], [], []
+    for values, reference in per_setting:
+        seeds = sorted(set(values) & set(reference))
+        if len(seeds) < 2:
+            return None
+        diffs = [values[s] - reference[s] for s in seeds]
+        mean = sum(diffs) / len(diffs)
+        means.append(mean)
+        variances.append(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs))  # sᵢ²/nᵢ
+        counts.append(len(diffs))
+    if not means:
+        return None
+    k = len(means)
+    mean = sum(means) / k
+    total = sum(variances)
+    if total == 0:
+        return PairedDifference(sum(counts), mean, mean, mean)
+    dof = total ** 2 / sum(v ** 2 / (n - 1) for v, n in zip(variances, counts))
+    half = scipy_stats.t.ppf(0.5 + level / 2, dof) * math.sqrt(total) / k
+    return PairedDifference(sum(counts), mean, mean - half, mean + half)
