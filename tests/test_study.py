@@ -136,7 +136,8 @@ def test_the_report_pools_each_variant_over_settings_from_the_runs_results(tmp_p
     from mtsmart.study.report import markdown
 
     path = write_study(tmp_path, settings={"rte": {"tasks": ["rte"]}, "mrpc": {"tasks": ["mrpc"]}},
-                       variants={"plain": {}, "rdrop": {"adversarial": {"method": "rdrop"}}})
+                       variants={"plain": {}, "rdrop": {"adversarial": {"method": "rdrop"}}},
+                       comparisons=[["plain", "rdrop"]])
     study = load_study(path)
     scores = {("rte", "plain"): {2: 0.50, 3: 0.60}, ("rte", "rdrop"): {2: 0.53, 3: 0.61},
               ("mrpc", "plain"): {2: 0.70, 3: 0.72}}
@@ -145,7 +146,7 @@ def test_the_report_pools_each_variant_over_settings_from_the_runs_results(tmp_p
             folder = Job(setting, variant, "default", seed, "", {}).folder(study.runs_dir)
             folder.mkdir(parents=True)
             (folder / "results.json").write_text(json.dumps({"final": {"avg": value}}))
-    assert "| rdrop | 1 of 2 | — |" in markdown(study)  # mrpc's rdrop runs are missing
+    assert "| rdrop − plain | 1 of 2 | — |" in markdown(study)  # mrpc's rdrop runs are missing
     for seed, value in {2: 0.70, 3: 0.76}.items():
         folder = Job("mrpc", "rdrop", "default", seed, "", {}).folder(study.runs_dir)
         folder.mkdir(parents=True)
@@ -153,7 +154,9 @@ def test_the_report_pools_each_variant_over_settings_from_the_runs_results(tmp_p
     # In points: rte differences 3, 1; mrpc 0, 4.
     d = pooled_difference([({2: 3.0, 3: 1.0}, {2: 0.0, 3: 0.0}), ({2: 0.0, 3: 4.0}, {2: 0.0, 3: 0.0})])
     assert d.mean == pytest.approx(2.0)
-    assert f"| rdrop | 2 of 2 | {d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}] |" in markdown(study)
+    report = markdown(study)
+    assert f"| rdrop − plain | 2 of 2 | {d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}] |" in report
+    assert f"| plain − rdrop | 2 of 2 | {-d.mean:+.2f} [{-d.high:+.2f}, {-d.low:+.2f}] |" in report  # a `comparisons` row
 
 
 def test_summary_has_the_sample_std_and_the_best_of_the_first_three():

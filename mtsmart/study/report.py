@@ -108,34 +108,34 @@ def _scaled(values: dict[int, float]) -> dict[int, float]:
     return {k: v * SCALE for k, v in values.items()}
 
 
-def pooled_by_variant(study: Study) -> dict[str, tuple[int, Optional[PairedDifference]]]:
-    """variant → (settings with ≥ 2 paired report seeds, the pooled difference to the baseline in
-    points, or None until every setting has them)."""
+def pooled_rows(study: Study) -> list[tuple[str, str, int, Optional[PairedDifference]]]:
+    """(variant, reference, settings with ≥ 2 paired report seeds, the pooled difference in points
+    or None until every setting has them): every variant against the baseline, then the
+    `comparisons` pairs."""
     per_setting = [report_values(study, setting) for setting in study.settings]
-    out = {}
-    for variant in study.variants:
-        if variant == study.baseline:
-            continue
-        pairs = [(_scaled(v[variant][1]), _scaled(v[study.baseline][1])) for v in per_setting]
-        ready = sum(len(set(a) & set(b)) >= 2 for a, b in pairs)
-        out[variant] = (ready, pooled_difference(pairs) if ready == len(pairs) else None)
-    return out
+    pairs = [(v, study.baseline) for v in study.variants if v != study.baseline] + list(study.comparisons)
+    rows = []
+    for variant, reference in pairs:
+        data = [(_scaled(v[variant][1]), _scaled(v[reference][1])) for v in per_setting]
+        ready = sum(len(set(a) & set(b)) >= 2 for a, b in data)
+        rows.append((variant, reference, ready, pooled_difference(data) if ready == len(data) else None))
+    return rows
 
 
 def pooled_markdown(study: Study) -> list[str]:
-    """Each variant's difference to the baseline averaged over the settings (a secondary reading:
-    does it help on average? The per-setting intervals decide)."""
+    """Each difference averaged over the settings (a secondary reading: does it help on average?
+    The per-setting intervals decide)."""
     if len(study.settings) < 2:
         return []
     lines = ["### All settings", "",
-             f"Each variant's seed-paired difference to {study.baseline}, averaged over the {len(study.settings)} "
-             "settings (the unweighted mean of the per-setting mean differences), with its 95% Welch–Satterthwaite "
-             "t-interval (each setting keeps its own seed variance):", "",
-             f"| variant | settings with results | Δ vs {study.baseline}, mean over settings [95% CI] |", "|---|---|---|"]
-    for variant, (ready, d) in pooled_by_variant(study).items():
+             f"Each seed-paired difference (to {study.baseline}, then the `comparisons`), averaged over the "
+             f"{len(study.settings)} settings (the unweighted mean of the per-setting mean differences), with its "
+             "95% Welch–Satterthwaite t-interval (each setting keeps its own seed variance):", "",
+             "| difference | settings with results | mean over settings [95% CI] |", "|---|---|---|"]
+    for variant, reference, ready, d in pooled_rows(study):
         cell = "—" if d is None else f"{d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}]" + (
             " **+**" if d.low > 0 else (" **−**" if d.high < 0 else ""))
-        lines.append(f"| {variant} | {ready} of {len(study.settings)} | {cell} |")
+        lines.append(f"| {variant} − {reference} | {ready} of {len(study.settings)} | {cell} |")
     lines.append("")
     return lines
 
@@ -252,7 +252,8 @@ def plot(study: Study, path: Path) -> None:
         baseline = _scaled(values[study.baseline][1])
         panels.append((setting, {v: paired_difference(_scaled(values[v][1]), baseline) for v in others}))
     if len(study.settings) > 1:
-        panels.append(("all settings (mean)", {v: d for v, (_, d) in pooled_by_variant(study).items()}))
+        pooled = {variant: d for variant, reference, _, d in pooled_rows(study) if reference == study.baseline}
+        panels.append(("all settings (mean)", pooled))
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.45 * len(others) + 1.6), squeeze=False)
     for axis, (title, differences) in zip(axes[0], panels):
         for row, variant in enumerate(others):
