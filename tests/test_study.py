@@ -39,6 +39,13 @@ def write_study(folder: Path, **changes) -> Path:
     return path
 
 
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "studies").glob("*.yaml")), ids=lambda p: p.name)
+def test_the_committed_study_files_load(path):
+    """An amendment that breaks a study file is caught here, not at the next session's rerun."""
+    study = load_study(path)
+    assert study.baseline in study.variants and study.report_seeds
+
+
 # --------------------------------------------------------------------------- statistics by hand
 
 
