@@ -229,6 +229,13 @@ def test_the_chosen_point_has_the_best_tune_mean_and_waits_for_every_tune_run(tm
     assert chosen_point(study, "rte", "rdrop") == "adversarial.weight_1.0"  # 0.66 > 0.65
 
 
+@pytest.mark.parametrize("given, words", [("nope", "unknown setting 'nope'"), (",", "no setting given")])
+def test_the_cli_refuses_unknown_settings_in_one_line(tmp_path, capsys, given, words):
+    assert main(["study", str(write_study(tmp_path)), "--settings", given]) == 2
+    err = capsys.readouterr().err
+    assert f"--settings: {words}; the study has ['rte']" in err and "Traceback" not in err
+
+
 # --------------------------------------------------------------------------- end to end
 
 
@@ -277,6 +284,20 @@ def test_a_tiny_study_runs_reports_and_continues(tmp_path, data_root, monkeypatc
     assert out.count("start ") == 1 and "plain/default/seed_2" in out
     assert (killed / "config.resumed_step_2.yaml").is_file()  # it resumed, not restarted
     assert (killed / "results.json").is_file()
+
+
+@pytest.mark.slow
+def test_settings_limits_the_runs_to_those_settings(tmp_path, data_root, monkeypatch, capsys):
+    """Two machines can share a study by setting; the report still covers every setting."""
+    monkeypatch.setenv("MTSMART_DATA", str(data_root))
+    path = write_study(tmp_path, seeds={"tune": [1], "report": [2]}, variants={"plain": {}},
+                       settings={"rte": {"tasks": ["rte"]}, "mrpc": {"tasks": ["mrpc"]}})
+    assert main(["study", str(path), "--settings", "mrpc", "--workers", "1"]) == 0
+    study = load_study(path)
+    ran = sorted(str(p.parent.relative_to(study.runs_dir)) for p in study.runs_dir.glob("**/results.json"))
+    assert ran == ["mrpc/plain/default/seed_2"]
+    report = (study.output_dir / "report.md").read_text()
+    assert "### rte" in report and "### mrpc" in report and "Runs done: 1 of 2." in report
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
-"""`mtsmart study STUDY.yaml [--workers N] [--threads T] [--report-only]`: run a study, then write
-its report (docs/study.md)."""
+"""`mtsmart study STUDY.yaml [--workers N] [--threads T] [--settings A,B] [--report-only]`: run a
+study, then write its report (docs/study.md)."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +13,9 @@ def add_parser(commands) -> None:
     parser.add_argument("study", help="the study file (YAML)")
     parser.add_argument("--workers", type=int, default=2, help="training processes at once (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads per process (default 1)")
+    parser.add_argument("--settings", default=None,
+                        help="comma-separated settings to run (default all); the report covers every setting. "
+                             "Machines can share a study by setting: their run folders never overlap")
     parser.add_argument("--report-only", action="store_true", help="write report.md / report.png from the finished runs; run nothing")
     parser.set_defaults(handler=run)
 
@@ -28,11 +31,16 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1 or args.threads < 1:
         raise StudyError("--workers and --threads must be at least 1")
     study = load_study(args.study)
+    settings = None if args.settings is None else [name.strip() for name in args.settings.split(",") if name.strip()]
+    unknown = [name for name in settings or [] if name not in study.settings]
+    if unknown or settings == []:
+        raise StudyError(f"--settings: {'unknown setting ' + repr(unknown[0]) if unknown else 'no setting given'}; "
+                         f"the study has {list(study.settings)}")
     # `kill` (SIGTERM) stops a study run in the background (where SIGINT is ignored) the same
     # clean way as Ctrl-C: the children stop and resume from their checkpoints next time.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        failed = [] if args.report_only else run_study(study, args.workers, args.threads)
+        failed = [] if args.report_only else run_study(study, args.workers, args.threads, settings)
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to continue (finished runs are kept, the others resume)")
         return 130

@@ -127,20 +127,21 @@ def drop_finished_checkpoints(study: Study) -> None:
 
 
 class Queue:
-    """The study's runs in priority order; report runs appear once their point is chosen."""
+    """The study's runs (of `settings`, default all) in priority order; report runs appear once
+    their point is chosen."""
 
-    def __init__(self, study: Study):
+    def __init__(self, study: Study, settings: Optional[list[str]] = None):
         self.study = study
+        self.settings = list(study.settings) if settings is None else settings
         drop_finished_checkpoints(study)
-        self.tune = {s: [j for j in study.tune_jobs(s) if not is_finished(j.folder(study.runs_dir))] for s in study.settings}
-        self.report = {s: [(v, seed) for v in study.variants for seed in study.report_seeds] for s in study.settings}
-        self.failed: list[Job] = []
+        self.tune = {s: [j for j in study.tune_jobs(s) if not is_finished(j.folder(study.runs_dir))] for s in self.settings}
+        self.report = {s: [(v, seed) for v in study.variants for seed in study.report_seeds] for s in self.settings}
 
     def next_ready(self) -> Optional[Job]:
         """The first run that can start now (each run is handed out once), or None. Within a
         setting, report runs of variants whose point is chosen go first (the baseline's among
         them), so paired comparisons complete early; then the remaining tune runs."""
-        for setting in self.study.settings:
+        for setting in self.settings:
             for variant, seed in list(self.report[setting]):
                 point = chosen_point(self.study, setting, variant)
                 if point is None:
@@ -157,9 +158,12 @@ class Queue:
         return sum(len(v) for v in self.tune.values()) + sum(len(v) for v in self.report.values())
 
 
-def run_study(study: Study, workers: int, threads: int, poll_seconds: float = 2.0) -> list[Job]:
-    """Runs every unfinished run; returns the runs that failed (the others are done)."""
-    queue, running, failed = Queue(study), [], []
+def run_study(
+    study: Study, workers: int, threads: int, settings: Optional[list[str]] = None, poll_seconds: float = 2.0
+) -> list[Job]:
+    """Runs every unfinished run (of `settings`, default all: machines can share a study by
+    setting, their run folders never overlap); returns the runs that failed (the others are done)."""
+    queue, running, failed = Queue(study, settings), [], []
     pace: list[float] = []  # seconds of each run finished by this invocation
     print(f"study {study.name}: {queue.remaining()} runs to consider, {workers} workers × {threads} threads", flush=True)
     try:
