@@ -111,7 +111,7 @@ def test_measure_reports_every_radius(model, batches, specs):
 def test_command_writes_robustness_json(tmp_path, data_root, capsys):
     run = tmp_path / "run"
     args = ["model.name_or_path=tiny", "model.tiny_hidden_size=32", "data.max_seq_len=48", "train.batch_size=8",
-            f"data.root={data_root}", "tasks=[rte]", "train.max_steps=2", "eval.max_examples=8", f"output_dir={run}"]
+            f"data.root={data_root}", "tasks=[rte]", "train.max_steps=2", "eval.max_examples=8", "train.precision=fp32", f"output_dir={run}"]
     assert main(["train", *args]) == 0
     capsys.readouterr()
     assert main(["robustness", "--run", str(run), "--radii", "1e-3,2e-2", "--attack-steps", "3"]) == 0
@@ -124,6 +124,25 @@ def test_command_writes_robustness_json(tmp_path, data_root, capsys):
         assert r["attack"] > r["random"] and r["attack_delta_max"] <= float(eps) * (1 + 1e-6)
         assert set(r["robust"]) == {"accuracy"}
     assert "ℓs attack" in printed and "rte" in printed
+    assert report["precision"] == "fp32"  # by default the run's own
+    # --precision: the same checkpoint measured in bf16 and in fp32 differ, and fp32 equals measure()
+    # called by hand without autocast (the reference).
+    from mtsmart.robustness import measure
+    from mtsmart.run_dir import load_run, run_eval_sets
+    for precision in ("bf16", "fp32"):
+        assert main(["robustness", "--run", str(run), "--radii", "2e-2", "--attack-steps", "3", "--precision", precision]) == 0
+        measured = json.loads((run / "robustness.json").read_text())
+        assert measured["precision"] == precision and f"3 steps; {precision}" in capsys.readouterr().out
+        if precision == "bf16":
+            in_bf16 = measured["results"]["rte"]["radii"]["0.02"]["attack"]
+    loaded = load_run(run)
+    by_hand = measure(loaded.model, run_eval_sets(loaded, "dev", None)[0], [2e-2], 3, loaded.device, seed=0)["rte"]
+    assert measured["results"]["rte"]["radii"]["0.02"]["attack"] == pytest.approx(by_hand.radii[2e-2].attack, rel=1e-6)
+    assert in_bf16 != pytest.approx(by_hand.radii[2e-2].attack, rel=1e-6)
+    if not torch.cuda.is_available():
+        capsys.readouterr()
+        assert main(["robustness", "--run", str(run), "--precision", "fp16"]) == 2
+        assert "--precision fp16 needs a CUDA device" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exited:  # argparse rejects it: exit status 2
         main(["robustness", "--run", str(run), "--radii", "-1"])
     assert exited.value.code == 2
