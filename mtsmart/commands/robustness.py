@@ -14,8 +14,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from mtsmart.commands.common import add_run_arguments, open_run, table
 from mtsmart.build import autocast_factory, device_of
+from mtsmart.commands.common import add_run_arguments, open_run, table
 from mtsmart.io import atomic_write_json
 from mtsmart.precision import resolve_precision
 from mtsmart.robustness import DEFAULT_ATTACK_STEPS, DEFAULT_RADII, LEVEL, NORM, STEP_FACTOR, SetResult, measure
