@@ -30,12 +30,20 @@ def _pm(values: list[float]) -> str:
     return f"{s.mean:.2f} ± {s.std:.2f}" if s.n > 1 else f"{s.mean:.2f}"
 
 
-def _interval(values: dict[int, float], reference: dict[int, float], level: float = LEVEL) -> str:
-    d = paired_difference({k: v * SCALE for k, v in values.items()}, {k: v * SCALE for k, v in reference.items()}, level)
+def _scaled(values: dict[int, float]) -> dict[int, float]:
+    return {k: v * SCALE for k, v in values.items()}
+
+
+def _difference_cell(d: Optional[PairedDifference]) -> str:
+    """mean [low, high], marked **+** / **−** when the interval excludes 0; — without one."""
     if d is None:
         return "—"
     mark = " **+**" if d.low > 0 else (" **−**" if d.high < 0 else "")
     return f"{d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}]{mark}"
+
+
+def _interval(values: dict[int, float], reference: dict[int, float], level: float = LEVEL) -> str:
+    return _difference_cell(paired_difference(_scaled(values), _scaled(reference), level))
 
 
 def _minutes(study: Study, setting: str, variant: str, point: str, seeds: list[int]) -> float:
@@ -104,10 +112,6 @@ def setting_markdown(study: Study, setting: str) -> tuple[list[str], float]:
     return lines, minutes
 
 
-def _scaled(values: dict[int, float]) -> dict[int, float]:
-    return {k: v * SCALE for k, v in values.items()}
-
-
 def pooled_rows(study: Study) -> list[tuple[str, str, int, Optional[PairedDifference]]]:
     """(variant, reference, settings with ≥ 2 paired report seeds, the pooled difference in points
     or None until every setting has them): every variant against the baseline, then the
@@ -133,9 +137,7 @@ def pooled_markdown(study: Study) -> list[str]:
              "95% Welch–Satterthwaite t-interval (each setting keeps its own seed variance):", "",
              "| difference | settings with results | mean over settings [95% CI] |", "|---|---|---|"]
     for variant, reference, ready, d in pooled_rows(study):
-        cell = "—" if d is None else f"{d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}]" + (
-            " **+**" if d.low > 0 else (" **−**" if d.high < 0 else ""))
-        lines.append(f"| {variant} − {reference} | {ready} of {len(study.settings)} | {cell} |")
+        lines.append(f"| {variant} − {reference} | {ready} of {len(study.settings)} | {_difference_cell(d)} |")
     lines.append("")
     return lines
 
