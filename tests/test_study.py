@@ -12,7 +12,7 @@ import yaml
 from mtsmart.cli import main
 from mtsmart.study.report import _ratio, family_level
 from mtsmart.study.results import chosen_point, paired_difference, pooled_difference, summarise
-from mtsmart.study.runner import RUN_RECORD, _estimate
+from mtsmart.study.runner import RUN_RECORD, _estimate, last_error_line
 from mtsmart.study.spec import Job, StudyError, load_study
 
 TINY_BASE = {
@@ -298,6 +298,43 @@ def test_settings_limits_the_runs_to_those_settings(tmp_path, data_root, monkeyp
     assert ran == ["mrpc/plain/default/seed_2"]
     report = (study.output_dir / "report.md").read_text()
     assert "### rte" in report and "### mrpc" in report and "Runs done: 1 of 2." in report
+
+
+def test_a_failed_runs_reason_is_its_last_attempts_error_line(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_text("step 1\nmtsmart: error: an earlier attempt's\n", encoding="utf-8")
+    start = log.stat().st_size
+    with open(log, "a", encoding="utf-8") as handle:
+        handle.write("Loading weights: 10%\rLoading weights: 100%\nmtsmart: error: no local file x.tsv\n\n")
+    assert last_error_line(log, start) == "mtsmart: error: no local file x.tsv"
+    with open(log, "a", encoding="utf-8") as handle:  # a crash without mtsmart's line: its last line
+        start = handle.tell()
+        handle.write("Traceback (most recent call last):\nRuntimeError: boom\n")
+    assert last_error_line(log, start) == "RuntimeError: boom"
+
+
+@pytest.mark.slow
+def test_a_study_whose_runs_all_fail_stops_after_k_in_a_row_and_says_why(tmp_path, monkeypatch, capsys):
+    """Data that cannot be found fails every run: the runner stops after K failures in a row
+    instead of failing the whole queue one run at a time, and prints the runs' error line."""
+    empty = tmp_path / "no_data"
+    empty.mkdir()
+    monkeypatch.setenv("MTSMART_DATA", str(empty))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = write_study(tmp_path)  # 6 runs
+    assert main(["study", str(path), "--workers", "1", "--stop-after-failures", "2"]) == 1
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    failures = [line for line in lines if line.startswith("FAILED ")]
+    assert len([line for line in lines if line.startswith("start ")]) == 2 and len(failures) == 2, out
+    assert all("(exit 2)" in line and ": mtsmart: error: task 'rte'" in line and "no local file" in line
+               for line in failures), failures  # each run's own error line
+    assert "stopping: 2 runs in a row failed; starting no more runs" in lines
+    assert lines[-1].startswith("stopped early: 2 runs in a row failed, the last with: mtsmart: error: task 'rte'")
+    assert lines[-1].endswith("rerun the same command (finished runs are kept, the others resume or start again)")
+    study = load_study(path)
+    records = [json.loads(p.read_text()) for p in study.runs_dir.glob(f"**/{RUN_RECORD}")]
+    assert len(records) == 2 and all(r["returncode"] == 2 and not r["finished"] for r in records)
 
 
 @pytest.mark.slow

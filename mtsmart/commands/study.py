@@ -1,5 +1,5 @@
-"""`mtsmart study STUDY.yaml [--workers N] [--threads T] [--settings A,B] [--report-only]`: run a
-study, then write its report (docs/study.md)."""
+"""`mtsmart study STUDY.yaml [--workers N] [--threads T] [--settings A,B] [--stop-after-failures K]
+[--report-only]`: run a study, then write its report (docs/study.md)."""
 from __future__ import annotations
 
 import argparse
@@ -16,6 +16,9 @@ def add_parser(commands) -> None:
     parser.add_argument("--settings", default=None,
                         help="comma-separated settings to run (default all); the report covers every setting. "
                              "Machines can share a study by setting: their run folders never overlap")
+    parser.add_argument("--stop-after-failures", type=int, default=3, metavar="K",
+                        help="start no more runs once K runs in a row have failed (default 3): a cause they "
+                             "share, such as data that cannot be found, would fail every run in turn")
     parser.add_argument("--report-only", action="store_true", help="write report.md / report.png from the finished runs; run nothing")
     parser.set_defaults(handler=run)
 
@@ -28,8 +31,8 @@ def run(args: argparse.Namespace) -> int:
     from mtsmart.study.report import write_report
     from mtsmart.study.runner import run_study
 
-    if args.workers < 1 or args.threads < 1:
-        raise StudyError("--workers and --threads must be at least 1")
+    if args.workers < 1 or args.threads < 1 or args.stop_after_failures < 1:
+        raise StudyError("--workers, --threads and --stop-after-failures must be at least 1")
     study = load_study(args.study)
     settings = None if args.settings is None else [name.strip() for name in args.settings.split(",") if name.strip()]
     unknown = [name for name in settings or [] if name not in study.settings]
@@ -40,13 +43,18 @@ def run(args: argparse.Namespace) -> int:
     # clean way as Ctrl-C: the children stop and resume from their checkpoints next time.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        failed = [] if args.report_only else run_study(study, args.workers, args.threads, settings)
+        outcome = None if args.report_only else run_study(
+            study, args.workers, args.threads, settings, stop_after_failures=args.stop_after_failures)
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to continue (finished runs are kept, the others resume)")
         return 130
     md, png = write_report(study)
     print(f"report: {md} and {png}")
-    if failed:
-        print(f"{len(failed)} runs failed; their train.log says why; rerun the same command to retry them")
+    if outcome is not None and outcome.stopped:
+        print(f"stopped early: {outcome.stopped}; fix that and rerun the same command "
+              f"(finished runs are kept, the others resume or start again)")
+        return 1
+    if outcome is not None and outcome.failed:
+        print(f"{len(outcome.failed)} runs failed; their train.log says why; rerun the same command to retry them")
         return 1
     return 0

@@ -39,6 +39,7 @@ class Running:
     log: object
     threads: int
     robustness: Optional[tuple[str, ...]]  # `mtsmart robustness` options the run owes, or None
+    log_start: int  # where this attempt's output begins in train.log (earlier attempts' is above it)
     stage: str = "train"  # the process: "train", then "robustness" when the run owes a measurement
 
     def owes_robustness(self, runs_dir: Path) -> bool:
@@ -79,8 +80,9 @@ def launch(job: Job, runs_dir: Path, threads: int, robustness: Optional[tuple[st
     if resume:
         command.append("train.resume=auto")
     log = open(folder / "train.log", "a", encoding="utf-8")
+    log_start = log.tell()
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=thread_env(threads))
-    return Running(job, process, time.monotonic(), log, threads, robustness)
+    return Running(job, process, time.monotonic(), log, threads, robustness, log_start)
 
 
 def launch_robustness(trained: Running, runs_dir: Path) -> Running:
@@ -89,7 +91,8 @@ def launch_robustness(trained: Running, runs_dir: Path) -> Running:
     folder = trained.job.folder(runs_dir)
     command = [sys.executable, "-m", "mtsmart", "robustness", "--run", str(folder), *trained.robustness]
     process = subprocess.Popen(command, stdout=trained.log, stderr=subprocess.STDOUT, env=thread_env(trained.threads))
-    return Running(trained.job, process, trained.started, trained.log, trained.threads, trained.robustness, "robustness")
+    return Running(trained.job, process, trained.started, trained.log, trained.threads, trained.robustness,
+                   trained.log_start, "robustness")
 
 
 def record(running: Running, runs_dir: Path) -> bool:
@@ -158,17 +161,27 @@ class Queue:
         return sum(len(v) for v in self.tune.values()) + sum(len(v) for v in self.report.values())
 
 
+@dataclass
+class Outcome:
+    failed: list[Job]  # runs that ended without finishing (the others are done)
+    stopped: Optional[str] = None  # why the runner stopped starting runs before the queue was empty
+
+
 def run_study(
-    study: Study, workers: int, threads: int, settings: Optional[list[str]] = None, poll_seconds: float = 2.0
-) -> list[Job]:
+    study: Study, workers: int, threads: int, settings: Optional[list[str]] = None,
+    stop_after_failures: int = 3, poll_seconds: float = 2.0,
+) -> Outcome:
     """Runs every unfinished run (of `settings`, default all: machines can share a study by
-    setting, their run folders never overlap); returns the runs that failed (the others are done)."""
+    setting, their run folders never overlap). After `stop_after_failures` runs in a row fail —
+    a cause every run shares, such as data that cannot be found, would otherwise fail the whole
+    queue one run at a time — it starts no more, lets the running ones end, and says why."""
     queue, running, failed = Queue(study, settings), [], []
     pace: list[float] = []  # seconds of each run finished by this invocation
+    failures_in_a_row, stopped = 0, None
     print(f"study {study.name}: {queue.remaining()} runs to consider, {workers} workers × {threads} threads", flush=True)
     try:
         while True:
-            while len(running) < workers:
+            while len(running) < workers and stopped is None:
                 job = queue.next_ready()
                 if job is None:
                     break
@@ -185,20 +198,37 @@ def run_study(
                     print(f"robust {_name(item.job)} (training done; measuring robustness)", flush=True)
                     continue
                 done = record(item, study.runs_dir)
-                status = "done  " if done else f"FAILED (exit {item.process.returncode}; see train.log)"
                 seconds = time.monotonic() - item.started
                 left = queue.remaining() + len(running)
                 if done:
                     pace.append(seconds)
-                print(f"{status} {_name(item.job)} in {seconds:.0f} s; {left} left{_estimate(pace, left, workers)}", flush=True)
-                if not done:
-                    failed.append(item.job)
+                    failures_in_a_row = 0
+                    print(f"done   {_name(item.job)} in {seconds:.0f} s; {left} left{_estimate(pace, left, workers)}", flush=True)
+                    continue
+                failed.append(item.job)
+                failures_in_a_row += 1
+                reason = last_error_line(item.job.folder(study.runs_dir) / "train.log", item.log_start)
+                print(f"FAILED {_name(item.job)} (exit {item.process.returncode}) in {seconds:.0f} s: {reason}", flush=True)
+                if failures_in_a_row >= stop_after_failures and stopped is None:
+                    stopped = f"{failures_in_a_row} runs in a row failed, the last with: {reason}"
+                    print(f"stopping: {failures_in_a_row} runs in a row failed; starting no more runs", flush=True)
     finally:
         for item in running:  # interrupted: stop the children; they resume from their checkpoints
             item.process.terminate()
             item.process.wait()
             record(item, study.runs_dir)
-    return failed
+    return Outcome(failed, stopped)
+
+
+def last_error_line(log: Path, start: int = 0) -> str:
+    """What a failed attempt (its output from byte `start` of train.log) said last: mtsmart's
+    one-line error when it gave one, else its last line (train.log holds the whole of it)."""
+    with open(log, "rb") as handle:
+        handle.seek(start)
+        text = handle.read().decode("utf-8", errors="replace")
+    lines = [line.strip() for line in text.replace("\r", "\n").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("mtsmart: ")]
+    return (errors or lines or ["(train.log is empty)"])[-1]
 
 
 def _estimate(pace: list[float], left: int, workers: int) -> str:
