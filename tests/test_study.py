@@ -166,6 +166,31 @@ def test_the_report_pools_each_variant_over_settings_from_the_runs_results(tmp_p
     assert f"| plain − rdrop | 2 of 2 | {-d.mean:+.2f} [{-d.high:+.2f}, {-d.low:+.2f}] |" in report  # a `comparisons` row
 
 
+def test_the_smoothness_table_pairs_the_clean_and_attacked_metric_with_the_baseline(tmp_path):
+    """Hand-written robustness.json (no training): the clean and under-attack metric cells carry
+    the seed-paired difference to the baseline, computed here by hand (t(1) quantile 12.706)."""
+    from mtsmart.study.report import markdown
+
+    plan = {"setting": "rte", "variants": ["plain", "r3f"], "args": ["--radii", "1e-2"]}
+    path = write_study(tmp_path, variants={"plain": {}, "r3f": {"adversarial": {"method": "r3f"}}}, robustness=plan)
+    study = load_study(path)
+    measured = {("plain", 2): (0.60, 0.20, 1.0), ("plain", 3): (0.70, 0.30, 2.0),
+                ("r3f", 2): (0.62, 0.26, 0.5), ("r3f", 3): (0.70, 0.34, 1.0)}  # clean, under attack, ℓs
+    for (variant, seed), (clean, attacked, ls) in measured.items():
+        folder = Job("rte", variant, "default", seed, "", {}).folder(study.runs_dir)
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(json.dumps({"final": {"avg": clean}}))
+        radius = {"attack": ls, "random": ls / 10, "robust": {"accuracy": attacked}}
+        (folder / "robustness.json").write_text(json.dumps(
+            {"results": {"rte": {"clean": {"accuracy": clean}, "radii": {"0.01": radius}}}}))
+    # Paired differences in points: clean (2, 0) → mean 1, sd √2, half-width 12.706·√2/√2 = 12.706;
+    # attacked (6, 4) → mean 5, sd √2, the same half-width; ℓs ratios 0.5, 0.5 → 0.50 [0.50, 0.50].
+    row = next(line for line in markdown(study).splitlines() if line.startswith("| r3f | rte | 0.01 |"))
+    assert "| 0.50 [0.50, 0.50] **<** |" in row
+    assert "| accuracy 66.00 ± 5.66, Δ +1.00 [-11.71, +13.71] |" in row
+    assert row.endswith("| accuracy 30.00 ± 5.66, Δ +5.00 [-7.71, +17.71] |")
+
+
 def test_summary_has_the_sample_std_and_the_best_of_the_first_three():
     s = summarise([1.0, 3.0, 2.0, 9.0])
     assert (s.n, s.mean, s.best_of_3) == (4, 3.75, 3.0)

@@ -165,7 +165,10 @@ def _ratio(values: dict[int, float], reference: dict[int, float]) -> str:
 
 def robustness_markdown(study: Study) -> list[str]:
     """Per variant and radius: ℓs under the attack and under random noise, each also as a
-    seed-paired ratio to the baseline, and the metric under attack; over the report seeds."""
+    seed-paired ratio to the baseline, and the metric under attack with its seed-paired
+    difference to the baseline's; over the report seeds. ℓs is a divergence between output
+    distributions, so a less confident model has a lower one whether or not its decisions are
+    harder to flip; the metric under attack is the scale-free reading (docs/results.md)."""
     plan = study.robustness
     if plan is None:
         return []
@@ -174,15 +177,16 @@ def robustness_markdown(study: Study) -> list[str]:
              "ℓs under a PGD attack on the embeddings within ε and under random noise of the same size (lower = "
              "smoother), mean ± std over the report seeds that have it; ÷ " + base + ": the geometric mean of the "
              "seed-paired ratios to " + base + " with its 95% interval (**<** / **>**: the interval excludes 1); "
-             "and the task metric under the attack:", "",
+             "and the task metric on the same examples, clean and under the attack, each with its seed-paired "
+             "difference to " + base + " (95% interval):", "",
              f"| variant | eval set | ε | n | ℓs attack | ÷ {base} [95% CI] | ℓs random | ÷ {base} [95% CI] "
-             "| metric under attack |", "|---|---|---|---|---|---|---|---|---|"]
+             "| metric clean | metric under attack |", "|---|---|---|---|---|---|---|---|---|---|"]
     values = report_values(study, plan.setting)
     reference = robustness_by_seed(study, base, values[base][0])
     for variant in plan.variants:
         found = robustness_by_seed(study, variant, values[variant][0])
         if not found:
-            lines.append(f"| {variant} | — | — | 0 | — | — | — | — | — |")
+            lines.append(f"| {variant} | — | — | 0 | — | — | — | — | — | — |")
             continue
         first = next(iter(found.values()))
         for eval_name, measured in first.items():
@@ -195,11 +199,28 @@ def robustness_markdown(study: Study) -> list[str]:
                     mine = {seed: r[kind] for seed, r in runs.items()}
                     ratio = "" if variant == base else _ratio(mine, {seed: r[kind] for seed, r in paired.items()})
                     cells += [_spread(list(mine.values())), ratio]
-                metrics = ", ".join(f"{m} {_pm([r['robust'][m] for r in runs.values()])}"
-                                    for m in next(iter(runs.values()))["robust"])
-                lines.append(f"| {variant} | {eval_name} | {eps} | {len(runs)} | {' | '.join(cells)} | {metrics} |")
+                clean = {seed: r[eval_name]["clean"] for seed, r in found.items()}
+                clean_reference = {seed: r[eval_name]["clean"] for seed, r in reference.items() if eval_name in r}
+                attacked = {seed: r["robust"] for seed, r in runs.items()}
+                attacked_reference = {seed: r["robust"] for seed, r in paired.items()}
+                cells += [_metrics_cell(clean, clean_reference, variant == base),
+                          _metrics_cell(attacked, attacked_reference, variant == base)]
+                lines.append(f"| {variant} | {eval_name} | {eps} | {len(runs)} | {' | '.join(cells)} |")
     lines.append("")
     return lines
+
+
+def _metrics_cell(runs: dict[int, dict], reference: dict[int, dict], is_base: bool) -> str:
+    """Each metric of {seed: {metric: value}}, mean ± std in points, and beside it the seed-paired
+    difference to the baseline's (not for the baseline itself)."""
+    cells = []
+    for metric in next(iter(runs.values())):
+        mine = {seed: r[metric] for seed, r in runs.items()}
+        cell = f"{metric} {_pm(list(mine.values()))}"
+        if not is_base:
+            cell += f", Δ {_interval(mine, {seed: r[metric] for seed, r in reference.items() if metric in r})}"
+        cells.append(cell)
+    return "; ".join(cells)
 
 
 def _spread(values: list[float]) -> str:
