@@ -9,6 +9,9 @@ For each radius ε (inf-norm per token, absolute, as `smart.epsilon` with norm=i
   a uniform random start in the ball, then K steps δ ← Π_{‖δ‖∞≤ε}(δ + η sign(∇_δ ℓs)), more
   steps than training's K = 1, keeping each example's best δ over the iterates.
 - robust accuracy: the task metric when each example's δ is the PGD attack on its task loss.
+- confidence: the mean probability of the predicted class (or candidate) on the clean input —
+  ℓs is a divergence between output distributions, so a less confident model has a lower ℓs
+  whether or not its decisions are harder to flip (docs/results.md, "Smoothness after training").
 
 The model stays in eval mode (no dropout) and its parameters get no gradient: the attack only
 differentiates with respect to δ.
@@ -16,6 +19,7 @@ differentiates with respect to δ.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -105,6 +109,7 @@ class SetResult:
     examples: int
     embedding_inf_norm: float  # mean ‖x_token‖∞ over real tokens: the scale ε compares with
     clean: dict[str, float]
+    confidence: Optional[float]  # mean clean probability of the prediction; None for regression
     radii: dict[float, RadiusResult]
 
 
@@ -135,7 +140,7 @@ def measure_set(
     generator = torch.Generator(device=device).manual_seed(seed)
     model.eval()
     sums = {eps: _Sums() for eps in radii}
-    clean_outputs, rows_total, norm_sum, tokens = [], 0, 0.0, 0.0
+    clean_outputs, rows_total, norm_sum, tokens, confidence_sum = [], 0, 0.0, 0.0, 0.0
     for batch in eval_set.batches:
         batch = batch.to(device)
         f = output_fn(model, batch)
@@ -151,6 +156,8 @@ def measure_set(
             clean = forward(torch.zeros_like(x)).float()
         clean_outputs.append((batch, clean))
         rows_total += clean.shape[0]
+        row_confidence = task_type.confidence(clean)
+        confidence_sum += float(row_confidence.sum()) if row_confidence is not None else math.nan
         norm_sum += float((unit_norm(x, NORM, LEVEL) * mask).sum())
         tokens += float(mask.sum())
 
@@ -174,6 +181,7 @@ def measure_set(
         examples=rows_total,
         embedding_inf_norm=norm_sum / max(tokens, 1.0),
         clean=metrics_of(spec, collect(spec, clean_outputs)),
+        confidence=None if math.isnan(confidence_sum) else confidence_sum / rows_total,
         radii={
             eps: RadiusResult(
                 random=acc.random / rows_total,

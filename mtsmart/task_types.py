@@ -83,6 +83,11 @@ class TaskType:
         """What mtsmart.metrics reads for this type."""
         return Predictions(gold=gold, pred=self.predict(outputs))
 
+    def confidence(self, output: torch.Tensor) -> Optional[torch.Tensor]:
+        """Each output row's probability of its predicted class or candidate (R,), or None where
+        the outputs are not a distribution (regression). A KL between outputs, ℓs, shrinks with it."""
+        return torch.softmax(output.float(), dim=-1).max(dim=-1).values  # masked candidates: ≈ 0
+
 
 class Classification(TaskType):
     name = "classification"
@@ -119,6 +124,9 @@ class Regression(TaskType):
 
     def predict(self, outputs: np.ndarray) -> np.ndarray:
         return outputs
+
+    def confidence(self, output: torch.Tensor) -> Optional[torch.Tensor]:
+        return None
 
 
 class Ranking(TaskType):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -108,6 +109,21 @@ def test_measure_reports_every_radius(model, batches, specs):
     assert all(p.requires_grad for p in model.parameters())  # restored after measuring
 
 
+def test_confidence_is_the_mean_probability_of_the_prediction_by_hand(model, batches, specs):
+    """Classification: the mean over examples of max_c softmax(logits)_c on the clean input,
+    computed here from the logits by hand; regression has no distribution, so None."""
+    eval_sets = [EvalSet(name, specs[name], [batch]) for name, batch in batches.items()]
+    results = measure(model, eval_sets, radii=(1e-3,), steps=1, device=torch.device("cpu"))
+    batch = batches["rte"]
+    with torch.no_grad():
+        logits = output_fn(model, batch)(model.word_embeddings(batch.input_ids))
+    exp = [[math.exp(v) for v in row] for row in logits.tolist()]
+    by_hand = sum(max(row) / sum(row) for row in exp) / len(exp)
+    assert results["rte"].confidence == pytest.approx(by_hand, rel=1e-5)
+    assert 1 / logits.shape[1] <= results["rte"].confidence <= 1
+    assert results["stsb"].confidence is None
+
+
 def test_command_writes_robustness_json(tmp_path, data_root, capsys):
     run = tmp_path / "run"
     args = ["model.name_or_path=tiny", "model.tiny_hidden_size=32", "data.max_seq_len=48", "train.batch_size=8",
@@ -124,6 +140,7 @@ def test_command_writes_robustness_json(tmp_path, data_root, capsys):
         assert r["attack"] > r["random"] and r["attack_delta_max"] <= float(eps) * (1 + 1e-6)
         assert set(r["robust"]) == {"accuracy"}
     assert "ℓs attack" in printed and "rte" in printed
+    assert 0.5 <= rte["confidence"] <= 1 and f"mean confidence {rte['confidence']:.4f}" in printed
     assert report["precision"] == "fp32"  # by default the run's own
     # --precision: the same checkpoint measured in bf16 and in fp32 differ, and fp32 equals measure()
     # called by hand without autocast (the reference).

@@ -174,20 +174,21 @@ def test_the_smoothness_table_pairs_the_clean_and_attacked_metric_with_the_basel
     plan = {"setting": "rte", "variants": ["plain", "r3f"], "args": ["--radii", "1e-2"]}
     path = write_study(tmp_path, variants={"plain": {}, "r3f": {"adversarial": {"method": "r3f"}}}, robustness=plan)
     study = load_study(path)
-    measured = {("plain", 2): (0.60, 0.20, 1.0), ("plain", 3): (0.70, 0.30, 2.0),
-                ("r3f", 2): (0.62, 0.26, 0.5), ("r3f", 3): (0.70, 0.34, 1.0)}  # clean, under attack, ℓs
-    for (variant, seed), (clean, attacked, ls) in measured.items():
+    measured = {("plain", 2): (0.60, 0.20, 1.0, 0.9), ("plain", 3): (0.70, 0.30, 2.0, 0.8),
+                ("r3f", 2): (0.62, 0.26, 0.5, 0.7), ("r3f", 3): (0.70, 0.34, 1.0, 0.6)}  # clean, attacked, ℓs, confidence
+    for (variant, seed), (clean, attacked, ls, confidence) in measured.items():
         folder = Job("rte", variant, "default", seed, "", {}).folder(study.runs_dir)
         folder.mkdir(parents=True)
         (folder / "results.json").write_text(json.dumps({"final": {"avg": clean}}))
         radius = {"attack": ls, "random": ls / 10, "robust": {"accuracy": attacked}}
         (folder / "robustness.json").write_text(json.dumps(
-            {"results": {"rte": {"clean": {"accuracy": clean}, "radii": {"0.01": radius}}}}))
+            {"results": {"rte": {"clean": {"accuracy": clean}, "confidence": confidence, "radii": {"0.01": radius}}}}))
     # Paired differences in points: clean (2, 0) → mean 1, sd √2, half-width 12.706·√2/√2 = 12.706;
-    # attacked (6, 4) → mean 5, sd √2, the same half-width; ℓs ratios 0.5, 0.5 → 0.50 [0.50, 0.50].
+    # attacked (6, 4) → mean 5, sd √2, the same half-width; ℓs ratios 0.5, 0.5 → 0.50 [0.50, 0.50];
+    # confidence (−20, −20) → −20 exactly.
     row = next(line for line in markdown(study).splitlines() if line.startswith("| r3f | rte | 0.01 |"))
     assert "| 0.50 [0.50, 0.50] **<** |" in row
-    assert "| accuracy 66.00 ± 5.66, Δ +1.00 [-11.71, +13.71] |" in row
+    assert "| accuracy 66.00 ± 5.66, Δ +1.00 [-11.71, +13.71]; confidence 65.00 ± 7.07, Δ -20.00 [-20.00, -20.00] **−** |" in row
     assert row.endswith("| accuracy 30.00 ± 5.66, Δ +5.00 [-7.71, +17.71] |")
 
 

@@ -88,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_json(path, report)
     print(f"{loaded.checkpoint} (step {loaded.step}); ε: inf-norm per token; PGD {args.attack_steps} steps; {precision}")
     for name, result in results.items():
-        print(f"{name}: {result.examples} examples, mean ‖x_token‖∞ = {result.embedding_inf_norm:.4f}")
+        confidence = "" if result.confidence is None else f", mean confidence {result.confidence:.4f}"
+        print(f"{name}: {result.examples} examples, mean ‖x_token‖∞ = {result.embedding_inf_norm:.4f}{confidence}")
     print(table(result_rows(results)))
     print(f"wrote {path}")
     return 0

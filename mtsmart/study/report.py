@@ -199,8 +199,8 @@ def robustness_markdown(study: Study) -> list[str]:
                     mine = {seed: r[kind] for seed, r in runs.items()}
                     ratio = "" if variant == base else _ratio(mine, {seed: r[kind] for seed, r in paired.items()})
                     cells += [_spread(list(mine.values())), ratio]
-                clean = {seed: r[eval_name]["clean"] for seed, r in found.items()}
-                clean_reference = {seed: r[eval_name]["clean"] for seed, r in reference.items() if eval_name in r}
+                clean = {seed: _clean(r[eval_name]) for seed, r in found.items()}
+                clean_reference = {seed: _clean(r[eval_name]) for seed, r in reference.items() if eval_name in r}
                 attacked = {seed: r["robust"] for seed, r in runs.items()}
                 attacked_reference = {seed: r["robust"] for seed, r in paired.items()}
                 cells += [_metrics_cell(clean, clean_reference, variant == base),
@@ -210,11 +210,18 @@ def robustness_markdown(study: Study) -> list[str]:
     return lines
 
 
+def _clean(measured: dict) -> dict[str, float]:
+    """The clean metrics of one evaluation set's robustness.json entry, and the model's mean
+    confidence in its predictions where it was measured (a classifier, measured since session 6)."""
+    confidence = measured.get("confidence")
+    return {**measured["clean"], **({} if confidence is None else {"confidence": confidence})}
+
+
 def _metrics_cell(runs: dict[int, dict], reference: dict[int, dict], is_base: bool) -> str:
-    """Each metric of {seed: {metric: value}}, mean ± std in points, and beside it the seed-paired
-    difference to the baseline's (not for the baseline itself)."""
+    """Each metric every run of {seed: {metric: value}} has, mean ± std in points, and beside it
+    the seed-paired difference to the baseline's (not for the baseline itself)."""
     cells = []
-    for metric in next(iter(runs.values())):
+    for metric in [m for m in next(iter(runs.values())) if all(m in r for r in runs.values())]:
         mine = {seed: r[metric] for seed, r in runs.items()}
         cell = f"{metric} {_pm(list(mine.values()))}"
         if not is_base:
