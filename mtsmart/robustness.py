@@ -19,7 +19,6 @@ differentiates with respect to δ.
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -140,7 +139,8 @@ def measure_set(
     generator = torch.Generator(device=device).manual_seed(seed)
     model.eval()
     sums = {eps: _Sums() for eps in radii}
-    clean_outputs, rows_total, norm_sum, tokens, confidence_sum = [], 0, 0.0, 0.0, 0.0
+    clean_outputs, rows_total, norm_sum, tokens = [], 0, 0.0, 0.0
+    confidence_sum: Optional[float] = None  # stays None for a task type without a distribution
     for batch in eval_set.batches:
         batch = batch.to(device)
         f = output_fn(model, batch)
@@ -157,7 +157,8 @@ def measure_set(
         clean_outputs.append((batch, clean))
         rows_total += clean.shape[0]
         row_confidence = task_type.confidence(clean)
-        confidence_sum += float(row_confidence.sum()) if row_confidence is not None else math.nan
+        if row_confidence is not None:
+            confidence_sum = (confidence_sum or 0.0) + float(row_confidence.sum())
         norm_sum += float((unit_norm(x, NORM, LEVEL) * mask).sum())
         tokens += float(mask.sum())
 
@@ -181,7 +182,7 @@ def measure_set(
         examples=rows_total,
         embedding_inf_norm=norm_sum / max(tokens, 1.0),
         clean=metrics_of(spec, collect(spec, clean_outputs)),
-        confidence=None if math.isnan(confidence_sum) else confidence_sum / rows_total,
+        confidence=None if confidence_sum is None else confidence_sum / rows_total,
         radii={
             eps: RadiusResult(
                 random=acc.random / rows_total,

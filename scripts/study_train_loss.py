@@ -27,7 +27,7 @@ def final_task_loss(run: Path, task: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="each variant's final training task loss, over a study's report seeds")
     parser.add_argument("study")
     parser.add_argument("setting")
     args = parser.parse_args()
@@ -36,9 +36,8 @@ def main() -> None:
     for variant, (point, _) in report_values(study, args.setting).items():
         if point is None:
             continue
-        losses = [final_task_loss(Job(args.setting, variant, point, seed, "", {}).folder(study.runs_dir), task)
-                  for seed in study.report_seeds
-                  if (Job(args.setting, variant, point, seed, "", {}).folder(study.runs_dir) / "results.json").is_file()]
+        runs = [Job(args.setting, variant, point, seed, "", {}).folder(study.runs_dir) for seed in study.report_seeds]
+        losses = [final_task_loss(run, task) for run in runs if (run / "results.json").is_file()]
         if losses:
             s = summarise(losses)
             print(f"{variant:18s} {point:24s} n = {s.n}: final train/{task}/loss {s.mean:.2e} ± {s.std:.1e}")
