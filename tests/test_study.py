@@ -255,6 +255,14 @@ def test_the_chosen_point_has_the_best_tune_mean_and_waits_for_every_tune_run(tm
     assert chosen_point(study, "rte", "rdrop") == "adversarial.weight_1.0"  # 0.66 > 0.65
 
 
+@pytest.mark.parametrize("option", ["--workers", "--threads", "--stop-after-failures"])
+def test_the_cli_refuses_a_count_below_one_in_one_line(tmp_path, capsys, option):
+    assert main(["study", str(write_study(tmp_path)), option, "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--workers, --threads and --stop-after-failures must be at least 1" in err and "Traceback" not in err
+    assert err.count("\n") == 1 and not (tmp_path / "study" / "runs").exists()  # nothing started
+
+
 @pytest.mark.parametrize("given, words", [("nope", "unknown setting 'nope'"), (",", "no setting given")])
 def test_the_cli_refuses_unknown_settings_in_one_line(tmp_path, capsys, given, words):
     assert main(["study", str(write_study(tmp_path)), "--settings", given]) == 2
