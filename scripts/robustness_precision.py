@@ -6,13 +6,12 @@ kept in studies/smart_parts_extra/robustness_bf16/; geometric mean of the per-ru
     python scripts/robustness_precision.py
 """
 import json
-import math
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from mtsmart.study.results import paired_difference  # noqa: E402
+from mtsmart.study.results import paired_ratio  # noqa: E402
 
 FOLDERS = {"plain": "plain/default", "rdrop": "rdrop/adversarial.weight_0.5", "r3f": "r3f/default",
            "rs_release_indep": "rs_release_indep/smart.weight_1.0"}
@@ -30,8 +29,8 @@ def main() -> None:
             for kind in ("attack", "random"):
                 pairs.setdefault((eps, kind), {})[index] = (fp32["radii"][eps][kind], bf16["radii"][eps][kind])
     for (eps, kind), runs in sorted(pairs.items()):
-        d = paired_difference({i: math.log(a) for i, (a, _) in runs.items()}, {i: math.log(b) for i, (_, b) in runs.items()})
-        print(f"ε {eps} ℓs {kind:6s} n = {d.n:2d}: fp32 ÷ bf16 {math.exp(d.mean):.2f} [{math.exp(d.low):.2f}, {math.exp(d.high):.2f}]")
+        r = paired_ratio({i: a for i, (a, _) in runs.items()}, {i: b for i, (_, b) in runs.items()})
+        print(f"ε {eps} ℓs {kind:6s} n = {r.n:2d}: fp32 ÷ bf16 {r.geometric_mean:.2f} [{r.low:.2f}, {r.high:.2f}]")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import yaml
 
 from mtsmart.cli import main
 from mtsmart.study.report import _ratio, family_level
-from mtsmart.study.results import chosen_point, paired_difference, pooled_difference, summarise
+from mtsmart.study.results import chosen_point, paired_difference, paired_ratio, pooled_difference, summarise
 from mtsmart.study.runner import RUN_RECORD, _estimate, last_error_line
 from mtsmart.study.spec import Job, StudyError, load_study
 
@@ -101,6 +101,9 @@ def test_the_smoothness_ratio_is_the_geometric_mean_of_the_paired_ratios_with_a_
     assert _ratio(values, reference) == expected and math.exp(mean) == pytest.approx(24 ** (1 / 3))
     assert _ratio({4: 0.5, 5: 0.52}, {4: 1.0, 5: 1.0}).endswith("**<**")  # reliably below 1: smoother
     assert _ratio({4: 0.5}, {4: 1.0}) == "—"  # one pair: no interval
+    r = paired_ratio(values, reference)
+    assert (r.n, r.geometric_mean, r.low, r.high) == pytest.approx((3, math.exp(mean), math.exp(mean - half), math.exp(mean + half)))
+    assert paired_ratio({4: 0.0, 5: 1.0, 6: 2.0}, {4: 1.0, 5: 1.0, 6: 1.0}).n == 2  # a zero has no log: left out
 
 
 def t_quantile(p: float, dof: float) -> float:

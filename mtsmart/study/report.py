@@ -6,12 +6,11 @@ m/20 times; the adjusted ones, at level 1 − 0.05/m, hold together)."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Optional
 
 from mtsmart.study.results import (
-    PairedDifference, chosen_point, metrics_by_seed, paired_difference, pooled_difference, summarise,
+    PairedDifference, chosen_point, metrics_by_seed, paired_difference, paired_ratio, pooled_difference, summarise,
 )
 from mtsmart.study.runner import RUN_RECORD, is_done
 from mtsmart.study.spec import Job, Study
@@ -153,14 +152,12 @@ def robustness_by_seed(study: Study, variant: str, point: Optional[str]) -> dict
 
 
 def _ratio(values: dict[int, float], reference: dict[int, float]) -> str:
-    """The geometric mean of the seed-paired ratios value / reference with its 95% interval (a
-    t-interval on the log ratios: ℓs spans orders of magnitude, so ratios, not differences)."""
-    d = paired_difference({k: math.log(v) for k, v in values.items() if v > 0},
-                          {k: math.log(v) for k, v in reference.items() if v > 0})
-    if d is None:
+    """The geometric mean of the seed-paired ratios value / reference with its 95% interval."""
+    r = paired_ratio(values, reference)
+    if r is None:
         return "—"
-    mark = " **<**" if d.high < 0 else (" **>**" if d.low > 0 else "")
-    return f"{math.exp(d.mean):.2f} [{math.exp(d.low):.2f}, {math.exp(d.high):.2f}]{mark}"
+    mark = " **<**" if r.high < 1 else (" **>**" if r.low > 1 else "")
+    return f"{r.geometric_mean:.2f} [{r.low:.2f}, {r.high:.2f}]{mark}"
 
 
 def robustness_markdown(study: Study) -> list[str]:

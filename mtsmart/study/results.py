@@ -93,6 +93,25 @@ def paired_difference(values: dict[int, float], reference: dict[int, float], lev
     return PairedDifference(n, mean, mean - half, mean + half)
 
 
+@dataclass
+class PairedRatio:
+    n: int  # seeds where both runs have a positive value
+    geometric_mean: float  # of the seed-paired ratios value / reference
+    low: float  # 95% confidence interval of the geometric mean (a t-interval on the log ratios)
+    high: float
+
+
+def paired_ratio(values: dict[int, float], reference: dict[int, float], level: float = 0.95) -> Optional[PairedRatio]:
+    """The geometric mean of the seed-paired ratios value / reference, with the t-interval of the
+    mean log ratio mapped back through exp; None under 2 pairs. For quantities that span orders of
+    magnitude (ℓs), where a ratio, not a difference, is what compares across runs."""
+    d = paired_difference({k: math.log(v) for k, v in values.items() if v > 0},
+                          {k: math.log(v) for k, v in reference.items() if v > 0}, level)
+    if d is None:
+        return None
+    return PairedRatio(d.n, math.exp(d.mean), math.exp(d.low), math.exp(d.high))
+
+
 def pooled_difference(
     per_setting: list[tuple[dict[int, float], dict[int, float]]], level: float = 0.95
 ) -> Optional[PairedDifference]:
