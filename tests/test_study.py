@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from mtsmart.cli import main
-from mtsmart.study.report import _ratio, family_level
+from mtsmart.study.report import _ratio, family_level, plot_panels
 from mtsmart.study.results import chosen_point, paired_difference, paired_ratio, pooled_difference, summarise
 from mtsmart.study.runner import RUN_RECORD, _estimate, last_error_line
 from mtsmart.study.spec import Job, StudyError, load_study
@@ -157,6 +157,11 @@ def test_the_report_pools_each_variant_over_settings_from_the_runs_results(tmp_p
             folder.mkdir(parents=True)
             (folder / "results.json").write_text(json.dumps({"final": {"avg": value}}))
     assert "| rdrop − plain | 1 of 2 | — |" in markdown(study)  # mrpc's rdrop runs are missing
+    # The plot's panels: rte's difference (3 and 1 points: mean 2); mrpc and the mean say they wait.
+    rte, mrpc, pooled = plot_panels(study)
+    assert rte[0] == "rte" and rte[1]["rdrop"].mean == pytest.approx(2.0)
+    assert mrpc[1] == {"rdrop": None} and mrpc[2] == "no paired report runs yet"
+    assert pooled[0] == "all settings (mean)" and pooled[1] == {"rdrop": None} and "waits" in pooled[2]
     for seed, value in {2: 0.70, 3: 0.76}.items():
         folder = Job("mrpc", "rdrop", "default", seed, "", {}).folder(study.runs_dir)
         folder.mkdir(parents=True)
@@ -167,6 +172,8 @@ def test_the_report_pools_each_variant_over_settings_from_the_runs_results(tmp_p
     report = markdown(study)
     assert f"| rdrop − plain | 2 of 2 | {d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}] |" in report
     assert f"| plain − rdrop | 2 of 2 | {-d.mean:+.2f} [{-d.high:+.2f}, {-d.low:+.2f}] |" in report  # a `comparisons` row
+    pooled_panel = plot_panels(study)[-1][1]["rdrop"]
+    assert (pooled_panel.mean, pooled_panel.low, pooled_panel.high) == pytest.approx((d.mean, d.low, d.high))
 
 
 def test_the_smoothness_table_pairs_the_clean_and_attacked_metric_with_the_baseline(tmp_path):

@@ -264,30 +264,48 @@ def markdown(study: Study) -> str:
     return "\n".join(lines)
 
 
+Panel = tuple[str, dict[str, Optional[PairedDifference]], str]  # title, each variant's difference, what it says when empty
+
+
+def plot_panels(study: Study) -> list[Panel]:
+    """The plot's panels: one per setting, each variant's paired difference to the baseline (None
+    until both have two paired report runs); with several settings, the differences averaged over
+    them (None until every setting has them)."""
+    others = [v for v in study.variants if v != study.baseline]
+    panels: list[Panel] = []
+    for setting in study.settings:
+        values = report_values(study, setting)
+        baseline = _scaled(values[study.baseline][1])
+        panels.append((setting, {v: paired_difference(_scaled(values[v][1]), baseline) for v in others},
+                       "no paired report runs yet"))
+    if len(study.settings) > 1:
+        pooled = {variant: d for variant, reference, _, d in pooled_rows(study) if reference == study.baseline}
+        panels.append(("all settings (mean)", pooled, "waits for every setting's\npaired report runs"))
+    return panels
+
+
 def plot(study: Study, path: Path) -> None:
-    """One panel per setting: each variant's paired difference to the baseline with its 95%
-    interval; with several settings, a last panel of the differences averaged over them."""
+    """`plot_panels` side by side: each difference with its 95% interval, green when the interval
+    lies above zero, red below, grey across."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     others = [v for v in study.variants if v != study.baseline]
-    panels: list[tuple[str, dict[str, Optional[PairedDifference]]]] = []
-    for setting in study.settings:
-        values = report_values(study, setting)
-        baseline = _scaled(values[study.baseline][1])
-        panels.append((setting, {v: paired_difference(_scaled(values[v][1]), baseline) for v in others}))
-    if len(study.settings) > 1:
-        pooled = {variant: d for variant, reference, _, d in pooled_rows(study) if reference == study.baseline}
-        panels.append(("all settings (mean)", pooled))
+    panels = plot_panels(study)
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.45 * len(others) + 1.6), squeeze=False)
-    for axis, (title, differences) in zip(axes[0], panels):
+    for axis, (title, differences, empty_note) in zip(axes[0], panels):
         for row, variant in enumerate(others):
             d = differences[variant]
             if d is not None:
                 colour = "tab:green" if d.low > 0 else ("tab:red" if d.high < 0 else "tab:gray")
                 axis.errorbar(d.mean, row, xerr=[[d.mean - d.low], [d.high - d.mean]], fmt="o", color=colour, capsize=3)
+        if all(d is None for d in differences.values()):  # nothing to plot yet: say so, centred on 0
+            axis.set_xlim(-1.0, 1.0)
+            axis.set_xticks([-1.0, 0.0, 1.0])
+            axis.text(0.5, 0.5, empty_note, transform=axis.transAxes, ha="center", va="center",
+                      color="tab:gray", backgroundcolor="white")
         axis.axvline(0.0, color="black", linewidth=0.8)
         axis.set_yticks(range(len(others)), others if axis is axes[0][0] else [""] * len(others))
         axis.invert_yaxis()
