@@ -292,8 +292,8 @@ def plot(study: Study, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    others = [v for v in study.variants if v != study.baseline]
     panels = plot_panels(study)
+    others = list(panels[0][1])  # the variants compared with the baseline, in the study's order
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.45 * len(others) + 1.6), squeeze=False)
     for axis, (title, differences, empty_note) in zip(axes[0], panels):
         for row, variant in enumerate(others):
