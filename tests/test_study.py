@@ -176,6 +176,22 @@ def test_the_report_pools_each_variant_over_settings_from_the_runs_results(tmp_p
     assert (pooled_panel.mean, pooled_panel.low, pooled_panel.high) == pytest.approx((d.mean, d.low, d.high))
 
 
+def test_the_report_lists_each_variants_metric_per_report_seed(tmp_path):
+    """Hand-written results.json: the per-seed table has each run's metric in points, in the
+    report seeds' order, and — for a run that has not finished."""
+    from mtsmart.study.report import markdown
+
+    path = write_study(tmp_path, variants={"plain": {}, "r3f": {"adversarial": {"method": "r3f"}}})
+    study = load_study(path)
+    for variant, seed, value in [("plain", 3, 0.7512), ("plain", 2, 0.6), ("r3f", 2, 0.655)]:
+        folder = Job("rte", variant, "default", seed, "", {}).folder(study.runs_dir)
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(json.dumps({"final": {"avg": value}}))
+    lines = markdown(study).splitlines()
+    table = lines[lines.index("Per report seed:") + 2:][:4]
+    assert table == ["| variant | seed 2 | seed 3 |", "|---|---|---|", "| plain | 60.00 | 75.12 |", "| r3f | 65.50 | — |"]
+
+
 def test_the_smoothness_table_pairs_the_clean_and_attacked_metric_with_the_baseline(tmp_path):
     """Hand-written robustness.json (no training): the clean and under-attack metric cells carry
     the seed-paired difference to the baseline, computed here by hand (t(1) quantile 12.706)."""

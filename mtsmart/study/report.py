@@ -108,7 +108,20 @@ def setting_markdown(study: Study, setting: str) -> tuple[list[str], float]:
         pair = values[variant][1], values[reference][1]
         lines.append(f"| {variant} − {reference} | | | | | {_interval(*pair)} | {_interval(*pair, level=level)} | |")
     lines.append("")
-    return lines, minutes
+    return lines + per_seed_markdown(study, values), minutes
+
+
+def per_seed_markdown(study: Study, values: dict[str, tuple[Optional[str], dict[int, float]]]) -> list[str]:
+    """Each variant's metric on each report seed: the numbers behind the means and the paired
+    differences, so a reader sees whether one seed carries a difference (a seed on which every
+    variant scores low is a hard seed, not one variant's failure)."""
+    seeds = study.report_seeds
+    lines = ["Per report seed:", "", "| variant | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+             "|---|" + "---|" * len(seeds)]
+    for variant, (_, found) in values.items():
+        lines.append(f"| {variant} | " + " | ".join(f"{found[s] * SCALE:.2f}" if s in found else "—" for s in seeds) + " |")
+    lines.append("")
+    return lines
 
 
 def pooled_rows(study: Study) -> list[tuple[str, str, int, Optional[PairedDifference]]]:
