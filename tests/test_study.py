@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from mtsmart.cli import main
-from mtsmart.study.report import _ratio, family_level, plot_panels
-from mtsmart.study.results import chosen_point, paired_difference, paired_ratio, pooled_difference, summarise
+from mtsmart.study.report import _ratio, family_level, plot_panels, shared_half_width
+from mtsmart.study.results import PairedDifference, chosen_point, paired_difference, paired_ratio, pooled_difference, summarise
 from mtsmart.study.runner import RUN_RECORD, _estimate, last_error_line
 from mtsmart.study.spec import Job, StudyError, load_study
 
@@ -190,6 +190,15 @@ def test_the_report_lists_each_variants_metric_per_report_seed(tmp_path):
     lines = markdown(study).splitlines()
     table = lines[lines.index("Per report seed:") + 2:][:4]
     assert table == ["| variant | seed 2 | seed 3 |", "|---|---|---|", "| plain | 60.00 | 75.12 |", "| r3f | 65.50 | — |"]
+
+
+def test_every_plot_panel_shares_one_x_scale_centred_on_zero():
+    """The widest interval end over all panels, either side of zero, plus 10%; 1 with nothing."""
+    panels = [("a", {"x": PairedDifference(5, 0.5, -0.4, 1.4), "y": None}, ""),
+              ("b", {"x": PairedDifference(5, -1.0, -2.5, 0.5), "y": PairedDifference(5, 0.0, -0.1, 0.1)}, ""),
+              ("c", {"x": None, "y": None}, "")]
+    assert shared_half_width(panels) == pytest.approx(2.75)
+    assert shared_half_width([("c", {"x": None}, "")]) == 1.0
 
 
 def test_the_smoothness_table_pairs_the_clean_and_attacked_metric_with_the_baseline(tmp_path):

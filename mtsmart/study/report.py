@@ -297,15 +297,24 @@ def plot_panels(study: Study) -> list[Panel]:
     return panels
 
 
+def shared_half_width(panels: list[Panel]) -> float:
+    """Every panel's x-axis is [−w, +w]: centred on zero and wide enough for every interval (with
+    a 10% margin), so the settings' differences read on one scale; w = 1 with nothing to show."""
+    ends = [abs(end) for _, differences, _ in panels for d in differences.values() if d is not None
+            for end in (d.low, d.high)]
+    return 1.1 * max(ends) if ends and max(ends) > 0 else 1.0
+
+
 def plot(study: Study, path: Path) -> None:
-    """`plot_panels` side by side: each difference with its 95% interval, green when the interval
-    lies above zero, red below, grey across."""
+    """`plot_panels` side by side on one x scale: each difference with its 95% interval, green
+    when the interval lies above zero, red below, grey across."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     panels = plot_panels(study)
+    half_width = shared_half_width(panels)
     others = list(panels[0][1])  # the variants compared with the baseline, in the study's order
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.45 * len(others) + 1.6), squeeze=False)
     for axis, (title, differences, empty_note) in zip(axes[0], panels):
@@ -314,9 +323,8 @@ def plot(study: Study, path: Path) -> None:
             if d is not None:
                 colour = "tab:green" if d.low > 0 else ("tab:red" if d.high < 0 else "tab:gray")
                 axis.errorbar(d.mean, row, xerr=[[d.mean - d.low], [d.high - d.mean]], fmt="o", color=colour, capsize=3)
-        if all(d is None for d in differences.values()):  # nothing to plot yet: say so, centred on 0
-            axis.set_xlim(-1.0, 1.0)
-            axis.set_xticks([-1.0, 0.0, 1.0])
+        axis.set_xlim(-half_width, half_width)
+        if all(d is None for d in differences.values()):  # nothing to plot yet: say so
             axis.text(0.5, 0.5, empty_note, transform=axis.transAxes, ha="center", va="center",
                       color="tab:gray", backgroundcolor="white")
         axis.axvline(0.0, color="black", linewidth=0.8)
