@@ -12,7 +12,8 @@ import yaml
 from mtsmart.cli import main
 from mtsmart.study.report import _ratio, family_level, plot_panels, shared_half_width
 from mtsmart.study.results import PairedDifference, chosen_point, paired_difference, paired_ratio, pooled_difference, summarise
-from mtsmart.study.runner import RUN_RECORD, _estimate, last_error_line
+from mtsmart.study.run_times import fit_run_times, hours_to_go
+from mtsmart.study.runner import RUN_RECORD, last_error_line
 from mtsmart.study.spec import Job, StudyError, load_study
 
 TINY_BASE = {
@@ -87,9 +88,26 @@ def test_the_bonferroni_interval_uses_the_quantile_of_level_one_minus_alpha_over
     assert (d.low, d.high) == (pytest.approx(mean - half), pytest.approx(mean + half))
 
 
-def test_the_time_to_go_is_the_mean_finished_run_times_the_runs_left_over_the_workers():
-    assert _estimate([100.0, 200.0], left=48, workers=2) == ", about 1.0 h more at this pace"  # 150 s × 48 / 2
-    assert _estimate([], left=48, workers=2) == "" and _estimate([100.0], left=0, workers=2) == ""
+def test_a_runs_expected_time_is_its_settings_factor_times_its_variants():
+    """Times that are exactly setting × variant (s2 takes 2×, v2 3×) are fit exactly: the
+    unseen (s2, v2) is 100 × 2 × 3; an unseen variant takes the geometric mean of the setting's
+    variants, an unseen setting that of the variant's settings."""
+    observed = {("s1", "v1"): [100.0, 100.0], ("s1", "v2"): [300.0], ("s2", "v1"): [200.0]}
+    expected = fit_run_times(observed)
+    assert expected(("s2", "v2")) == pytest.approx(600.0)
+    assert expected(("s1", "v1")) == pytest.approx(100.0)
+    assert expected(("s1", "v3")) == pytest.approx(math.sqrt(100.0 * 300.0))
+    assert expected(("s3", "v1")) == pytest.approx(math.sqrt(100.0 * 200.0))
+    with pytest.raises(ValueError):
+        fit_run_times({})
+
+
+def test_the_time_to_go_is_the_runs_left_at_their_expected_times_over_the_workers():
+    observed = {("s1", "v1"): [100.0], ("s1", "v2"): [300.0], ("s2", "v1"): [200.0]}
+    # Pending: (s2, v2) 600 s and (s1, v1) 100 s; running: (s2, v2) 150 s in (450 left), (s1, v1) past its time (0).
+    hours = hours_to_go(observed, [("s2", "v2"), ("s1", "v1")], [(("s2", "v2"), 150.0), (("s1", "v1"), 500.0)], workers=2)
+    assert hours == pytest.approx((600 + 100 + 450) / 2 / 3600)
+    assert hours_to_go({}, [("s1", "v1")], [], workers=2) is None
 
 
 def test_the_smoothness_ratio_is_the_geometric_mean_of_the_paired_ratios_with_a_log_t_interval():
@@ -315,6 +333,9 @@ def test_a_tiny_study_runs_reports_and_continues(tmp_path, data_root, monkeypatc
     path = write_study(tmp_path, robustness=plan)
     assert main(["study", str(path), "--workers", "2", "--threads", "2"]) == 0
     printed = capsys.readouterr().out
+    done = [line for line in printed.splitlines() if line.startswith("done ")]
+    assert len(done) == 6 and done[-1].endswith("; 0 left")  # nothing left: no time to go
+    assert all(" h more" in line for line in done[:-1]), done  # a time to go once a run has finished
     # Robustness runs as its own stage in the run's worker slot, for the plain report runs only.
     assert printed.count("robust ") == 2 and "robust rte/plain/default/seed_2" in printed
     study = load_study(path)
@@ -351,6 +372,7 @@ def test_a_tiny_study_runs_reports_and_continues(tmp_path, data_root, monkeypatc
     assert main(["study", str(path)]) == 0
     out = capsys.readouterr().out
     assert out.count("start ") == 1 and "plain/default/seed_2" in out
+    assert "study tiny: 1 run to consider" in out  # the finished runs are not counted
     assert (killed / "config.resumed_step_2.yaml").is_file()  # it resumed, not restarted
     assert (killed / "results.json").is_file()
 

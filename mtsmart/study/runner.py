@@ -23,6 +23,7 @@ from typing import Optional
 import yaml
 
 from mtsmart.study.results import RESULTS, chosen_point
+from mtsmart.study.run_times import Cell, hours_to_go
 from mtsmart.study.spec import Job, Study
 
 RUN_CONFIG = "study_config.yaml"  # the run's config as the study built it (mtsmart train reads it)
@@ -157,8 +158,18 @@ class Queue:
                 return self.tune[setting].pop(0)
         return None
 
+    def pending(self) -> list[Cell]:
+        """(setting, variant) of each run not yet handed out and not done."""
+        cells = [(job.setting, job.variant) for jobs in self.tune.values() for job in jobs]
+        for setting, items in self.report.items():
+            for variant, seed in items:
+                point = chosen_point(self.study, setting, variant)
+                if point is None or not is_done(self.study.report_job(setting, variant, point, seed), self.study):
+                    cells.append((setting, variant))
+        return cells
+
     def remaining(self) -> int:
-        return sum(len(v) for v in self.tune.values()) + sum(len(v) for v in self.report.values())
+        return len(self.pending())
 
 
 @dataclass
@@ -176,9 +187,10 @@ def run_study(
     a cause every run shares, such as data that cannot be found, would otherwise fail the whole
     queue one run at a time — it starts no more, lets the running ones end, and says why."""
     queue, running, failed = Queue(study, settings), [], []
-    pace: list[float] = []  # seconds of each run finished by this invocation
     failures_in_a_row, stopped = 0, None
-    print(f"study {study.name}: {queue.remaining()} runs to consider, {workers} workers × {threads} threads", flush=True)
+    left = queue.remaining()
+    print(f"study {study.name}: {left} run{'' if left == 1 else 's'} to consider, {workers} workers × {threads} threads",
+          flush=True)
     try:
         while True:
             while len(running) < workers and stopped is None:
@@ -199,11 +211,12 @@ def run_study(
                     continue
                 done = record(item, study.runs_dir)
                 seconds = time.monotonic() - item.started
-                left = queue.remaining() + len(running)
                 if done:
-                    pace.append(seconds)
                     failures_in_a_row = 0
-                    print(f"done   {_name(item.job)} in {seconds:.0f} s; {left} left{_estimate(pace, left, workers)}", flush=True)
+                    pending = queue.pending()
+                    left = len(pending) + len(running)
+                    print(f"done   {_name(item.job)} in {seconds:.0f} s; {left} left{_estimate(study, pending, running, workers)}",
+                          flush=True)
                     continue
                 failed.append(item.job)
                 failures_in_a_row += 1
@@ -231,13 +244,29 @@ def last_error_line(log: Path, start: int = 0) -> str:
     return (errors or lines or ["(train.log is empty)"])[-1]
 
 
-def _estimate(pace: list[float], left: int, workers: int) -> str:
-    """A rough time to go: the mean of this invocation's finished runs, `workers` at a time (runs
-    of later settings or heavier variants can take longer)."""
-    if not pace or not left:
+def finished_run_seconds(study: Study) -> dict[Cell, list[float]]:
+    """(setting, variant) → the wall seconds of each of its finished runs (study_run.json, all
+    attempts and the robustness measurement included), from every invocation that wrote them."""
+    found: dict[Cell, list[float]] = {}
+    if not study.runs_dir.is_dir():
+        return found
+    for path in study.runs_dir.glob(f"*/*/*/*/{RUN_RECORD}"):
+        entry = json.loads(path.read_text(encoding="utf-8"))
+        if entry.get("finished"):
+            setting, variant = path.relative_to(study.runs_dir).parts[:2]
+            found.setdefault((setting, variant), []).append(float(entry["seconds"]))
+    return found
+
+
+def _estimate(study: Study, pending: list[Cell], running: list[Running], workers: int) -> str:
+    """A rough time to go (mtsmart.study.run_times): each run left at what the finished runs say
+    its setting and variant cost, `workers` at a time."""
+    if not pending and not running:
         return ""
-    hours = sum(pace) / len(pace) * left / workers / 3600
-    return f", about {hours:.1f} h more at this pace"
+    now = time.monotonic()
+    hours = hours_to_go(finished_run_seconds(study), pending,
+                        [((r.job.setting, r.job.variant), now - r.started) for r in running], workers)
+    return "" if hours is None else f", about {hours:.1f} h more"
 
 
 def _name(job: Job) -> str:

@@ -1,0 +1,52 @@
+"""How long a study's runs left will take, from how long its finished runs took.
+
+A run's time depends on its setting (data size, epochs, sequence length) and its variant (extra
+forward and backward passes, fp32 instead of bf16) roughly as a product, so the log time is fit
+as a[setting] + b[variant]: a heavier variant costs the same factor in every setting. The fit
+predicts a setting × variant that has no finished run yet from the variant's cost elsewhere —
+the first runs of a new setting (the cheap baseline first) would otherwise make the rest look
+as cheap as they were.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+Cell = tuple[str, str]  # (setting, variant)
+FIT_ROUNDS = 50  # alternating means converge to the least-squares fit well within this
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def fit_run_times(observed: dict[Cell, list[float]]) -> Callable[[Cell], float]:
+    """The expected seconds of one run of a (setting, variant), fit to the finished runs'
+    seconds by least squares on log a[setting] + b[variant] (alternating means). A setting or a
+    variant without any finished run takes the mean of the others' terms. `observed` must hold
+    at least one time."""
+    logs = [(setting, variant, math.log(max(seconds, 1.0)))
+            for (setting, variant), times in observed.items() for seconds in times]
+    if not logs:
+        raise ValueError("fit_run_times needs at least one finished run")
+    settings = sorted({s for s, _, _ in logs})
+    variants = sorted({v for _, v, _ in logs})
+    a = dict.fromkeys(settings, 0.0)
+    b = dict.fromkeys(variants, 0.0)
+    for _ in range(FIT_ROUNDS):
+        b = {v: _mean([t - a[s] for s, w, t in logs if w == v]) for v in variants}
+        a = {s: _mean([t - b[w] for r, w, t in logs if r == s]) for s in settings}
+    mean_a, mean_b = _mean(list(a.values())), _mean(list(b.values()))
+    return lambda cell: math.exp(a.get(cell[0], mean_a) + b.get(cell[1], mean_b))
+
+
+def hours_to_go(observed: dict[Cell, list[float]], pending: list[Cell], running: list[tuple[Cell, float]],
+                workers: int) -> float | None:
+    """The runs left — `pending` ones whole, `running` ones less the seconds they have run — at
+    `workers` at a time, in hours; None before any run has finished."""
+    if not observed:
+        return None
+    expected = fit_run_times(observed)
+    seconds = sum(expected(cell) for cell in pending)
+    seconds += sum(max(expected(cell) - elapsed, 0.0) for cell, elapsed in running)
+    return seconds / workers / 3600
