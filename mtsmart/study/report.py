@@ -2,7 +2,8 @@
 then each variant on the report seeds — mean ± std, best of 3, and the seed-paired difference to
 the baseline with its 95% interval, and beside it the Bonferroni-adjusted interval over the
 setting's comparisons (with m comparisons, one 95% interval in m excludes 0 by chance about
-m/20 times; the adjusted ones, at level 1 − 0.05/m, hold together)."""
+m/20 times; the adjusted ones, at level 1 − 0.05/m, hold together) — then each variant's metric
+per report seed."""
 from __future__ import annotations
 
 import json
