@@ -162,8 +162,9 @@ class Queue:
         """(setting, variant) of each run not yet handed out and not done."""
         cells = [(job.setting, job.variant) for jobs in self.tune.values() for job in jobs]
         for setting, items in self.report.items():
+            points = {variant: chosen_point(self.study, setting, variant) for variant in {v for v, _ in items}}
             for variant, seed in items:
-                point = chosen_point(self.study, setting, variant)
+                point = points[variant]
                 if point is None or not is_done(self.study.report_job(setting, variant, point, seed), self.study):
                     cells.append((setting, variant))
         return cells
