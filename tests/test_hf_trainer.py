@@ -212,7 +212,14 @@ def test_two_processes_under_torchrun_keep_students_and_teachers_equal(tmp_path)
             dist.all_gather(gathered, mine)
             assert torch.equal(gathered[0], gathered[1]), name
         assert dist.get_world_size() == 2 and trainer.bregman.updates == 8
-        print("ranks agree")
+        print("ranks agree", flush=True)
+        dist.destroy_process_group()
+        # After a Trainer has run under torchrun on gloo, the interpreter's exit sometimes aborts
+        # ("terminate called without an active exception"): 1 run in 8 with transformers' own
+        # Trainer, none in 10 with a bare DDP loop (docs/hf_trainer.md, Limits). It happens after
+        # everything above has passed, so the check ends here, without the exit's C++ destructors.
+        import os
+        os._exit(0)
     '''), encoding="utf-8")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(script), str(tmp_path / "out")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600,
