@@ -13,7 +13,7 @@ from mtsmart.cli import main
 from mtsmart.study.report import _ratio, family_level, plot_panels, shared_half_width
 from mtsmart.study.results import PairedDifference, chosen_point, paired_difference, paired_ratio, pooled_difference, summarise
 from mtsmart.study.run_times import fit_run_times, hours_to_go
-from mtsmart.study.runner import RUN_RECORD, last_error_line
+from mtsmart.study.runner import RUN_RECORD, TIME_MARGIN, Queue, TimeBudget, last_error_line
 from mtsmart.study.spec import Job, StudyError, load_study
 
 TINY_BASE = {
@@ -306,6 +306,55 @@ def test_the_chosen_point_has_the_best_tune_mean_and_waits_for_every_tune_run(tm
     assert chosen_point(study, "rte", "rdrop") is None
     fake_result(study, "rdrop", "adversarial.weight_1.0", 2, 0.66)
     assert chosen_point(study, "rte", "rdrop") == "adversarial.weight_1.0"  # 0.66 > 0.65
+
+
+def fake_finished_run(study, variant: str, point: str, seed: int, seconds: float) -> None:
+    """A finished run as the runner leaves it: results.json and its wall time in study_run.json."""
+    fake_result(study, variant, point, seed, 0.6)
+    record = {"phase": "", "seconds": seconds, "attempts": 1, "returncode": 0, "finished": True}
+    (Job("rte", variant, point, seed, "", {}).folder(study.runs_dir) / RUN_RECORD).write_text(json.dumps(record))
+
+
+def test_under_a_time_budget_only_runs_expected_to_end_in_time_start(tmp_path):
+    """plain's runs took 60 s and rdrop's 2 h: with 1 hour left plain's last report run starts and
+    rdrop's two wait; with 3.5 hours (> 1.5 × 2 h) rdrop's fit too."""
+    study = load_study(write_study(tmp_path))
+    fake_finished_run(study, "rdrop", "adversarial.weight_0.5", 1, 7200.0)
+    fake_finished_run(study, "rdrop", "adversarial.weight_1.0", 1, 7200.0)
+    fake_finished_run(study, "plain", "default", 2, 60.0)
+    assert TIME_MARGIN * 7200 < 3.5 * 3600
+    queue, budget = Queue(study), TimeBudget(study, hours=1.0)
+    job = queue.next_ready(budget.fits)
+    assert (job.variant, job.seed) == ("plain", 3)
+    assert queue.next_ready(budget.fits) is None
+    assert sorted(queue.pending()) == [("rte", "rdrop"), ("rte", "rdrop")]  # still queued, not dropped
+    later = TimeBudget(study, hours=3.5)
+    assert [(j.variant, j.seed) for j in (queue.next_ready(later.fits), queue.next_ready(later.fits))] == [("rdrop", 2), ("rdrop", 3)]
+    assert queue.next_ready(later.fits) is None and queue.remaining() == 0
+
+
+def test_a_budget_with_no_finished_run_lets_every_run_start(tmp_path):
+    study = load_study(write_study(tmp_path))
+    assert TimeBudget(study, hours=1e-6).fits(study.tune_jobs("rte")[0])  # nothing to predict from
+
+
+def test_a_study_out_of_time_starts_nothing_and_says_how_many_runs_are_left(tmp_path, capsys):
+    study = load_study(path := write_study(tmp_path))
+    fake_finished_run(study, "rdrop", "adversarial.weight_0.5", 1, 7200.0)
+    fake_finished_run(study, "rdrop", "adversarial.weight_1.0", 1, 7200.0)
+    assert main(["study", str(path), "--hours", "0.5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert not [line for line in lines if line.startswith("start ")]
+    assert lines[-1] == ("out of time: 4 runs left, none expected to end within --hours 0.5; "
+                         "rerun to continue (finished runs are kept)")
+
+
+@pytest.mark.parametrize("hours", ["0", "-1", "nan", "inf"])
+def test_the_cli_refuses_hours_that_are_not_a_positive_number(tmp_path, capsys, hours):
+    assert main(["study", str(write_study(tmp_path)), "--hours", hours]) == 2
+    err = capsys.readouterr().err
+    assert f"--hours must be a positive number of hours, not {float(hours)}" in err and "Traceback" not in err
+    assert err.count("\n") == 1 and not (tmp_path / "study" / "runs").exists()
 
 
 @pytest.mark.parametrize("option", ["--workers", "--threads", "--stop-after-failures"])

@@ -1,8 +1,9 @@
 """`mtsmart study STUDY.yaml [--workers N] [--threads T] [--settings A,B] [--stop-after-failures K]
-[--report-only]`: run a study, then write its report (docs/study.md)."""
+[--hours H] [--report-only]`: run a study, then write its report (docs/study.md)."""
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 
 from mtsmart.study.spec import StudyError, load_study
@@ -19,6 +20,10 @@ def add_parser(commands) -> None:
     parser.add_argument("--stop-after-failures", type=int, default=3, metavar="K",
                         help="start no more runs once K runs in a row have failed (default 3): a cause they "
                              "share, such as data that cannot be found, would fail every run in turn")
+    parser.add_argument("--hours", type=float, default=None, metavar="H",
+                        help="end within H hours: start a run only if the finished runs' times say it ends in "
+                             "time (for a machine with a time limit, where a killed run loses its work since "
+                             "its last checkpoint); rerun to continue")
     parser.add_argument("--report-only", action="store_true", help="write report.md / report.png from the finished runs; run nothing")
     parser.set_defaults(handler=run)
 
@@ -33,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.workers < 1 or args.threads < 1 or args.stop_after_failures < 1:
         raise StudyError("--workers, --threads and --stop-after-failures must be at least 1")
+    if args.hours is not None and not (math.isfinite(args.hours) and args.hours > 0):
+        raise StudyError(f"--hours must be a positive number of hours, not {args.hours}")
     study = load_study(args.study)
     settings = None if args.settings is None else [name.strip() for name in args.settings.split(",") if name.strip()]
     unknown = [name for name in settings or [] if name not in study.settings]
@@ -44,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         outcome = None if args.report_only else run_study(
-            study, args.workers, args.threads, settings, stop_after_failures=args.stop_after_failures)
+            study, args.workers, args.threads, settings, stop_after_failures=args.stop_after_failures,
+            hours=args.hours)
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to continue (finished runs are kept, the others resume)")
         return 130
@@ -57,4 +65,7 @@ def run(args: argparse.Namespace) -> int:
     if outcome is not None and outcome.failed:
         print(f"{len(outcome.failed)} runs failed; their train.log says why; rerun the same command to retry them")
         return 1
+    if outcome is not None and outcome.out_of_time:
+        print(f"out of time: {outcome.out_of_time} run{'' if outcome.out_of_time == 1 else 's'} left, none expected "
+              f"to end within --hours {args.hours:g}; rerun to continue (finished runs are kept)")
     return 0

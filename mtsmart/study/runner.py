@@ -18,17 +18,21 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import yaml
 
 from mtsmart.study.results import RESULTS, chosen_point
-from mtsmart.study.run_times import Cell, hours_to_go
+from mtsmart.study.run_times import Cell, fit_run_times, hours_to_go
 from mtsmart.study.spec import Job, Study
 
 RUN_CONFIG = "study_config.yaml"  # the run's config as the study built it (mtsmart train reads it)
 RUN_RECORD = "study_run.json"  # wall time and exit status, summed over resumed attempts
 CHECKPOINTS = "checkpoints"
+# Under a time budget a run starts only if this many times its expected time fits in what is
+# left: 154 of smart_parts' first 155 runs took at most 1.5x the fit's time, 29 over 1.25x
+# (other jobs on the machine, robustness measurements; docs/study.md).
+TIME_MARGIN = 1.5
 ROBUSTNESS = "robustness.json"  # written by `mtsmart robustness` into the run folder
 
 
@@ -141,21 +145,26 @@ class Queue:
         self.tune = {s: [j for j in study.tune_jobs(s) if not is_finished(j.folder(study.runs_dir))] for s in self.settings}
         self.report = {s: [(v, seed) for v in study.variants for seed in study.report_seeds] for s in self.settings}
 
-    def next_ready(self) -> Optional[Job]:
-        """The first run that can start now (each run is handed out once), or None. Within a
-        setting, report runs of variants whose point is chosen go first (the baseline's among
-        them), so paired comparisons complete early; then the remaining tune runs."""
+    def next_ready(self, fits: Callable[[Job], bool] = lambda job: True) -> Optional[Job]:
+        """The first run that can start now and `fits` (each run is handed out once), or None.
+        Within a setting, report runs of variants whose point is chosen go first (the baseline's
+        among them), so paired comparisons complete early; then the remaining tune runs. A run
+        that does not fit stays queued."""
         for setting in self.settings:
             for variant, seed in list(self.report[setting]):
                 point = chosen_point(self.study, setting, variant)
                 if point is None:
                     continue
-                self.report[setting].remove((variant, seed))
                 job = self.study.report_job(setting, variant, point, seed)
-                if not is_done(job, self.study):
+                if is_done(job, self.study):
+                    self.report[setting].remove((variant, seed))
+                elif fits(job):
+                    self.report[setting].remove((variant, seed))
                     return job
-            if self.tune[setting]:
-                return self.tune[setting].pop(0)
+            for job in self.tune[setting]:
+                if fits(job):
+                    self.tune[setting].remove(job)
+                    return job
         return None
 
     def pending(self) -> list[Cell]:
@@ -177,17 +186,43 @@ class Queue:
 class Outcome:
     failed: list[Job]  # runs that ended without finishing (the others are done)
     stopped: Optional[str] = None  # why the runner stopped starting runs before the queue was empty
+    out_of_time: int = 0  # runs left unstarted because none of them fitted in the time budget
+
+
+class TimeBudget:
+    """`--hours`: a run starts only if the study's finished runs say it ends in time (its
+    setting's and variant's expected seconds, mtsmart.study.run_times, times TIME_MARGIN). Before
+    any run has finished nothing can be predicted, and every run fits."""
+
+    def __init__(self, study: Study, hours: float):
+        self.study, self.deadline = study, time.monotonic() + hours * 3600
+        self.refit()
+
+    def refit(self) -> None:
+        """Reread the finished runs' times (after a run finishes)."""
+        observed = finished_run_seconds(self.study)
+        self.expected = fit_run_times(observed) if observed else None
+
+    def fits(self, job: Job) -> bool:
+        if self.expected is None:
+            return True
+        return time.monotonic() + TIME_MARGIN * self.expected((job.setting, job.variant)) <= self.deadline
 
 
 def run_study(
     study: Study, workers: int, threads: int, settings: Optional[list[str]] = None,
-    stop_after_failures: int = 3, poll_seconds: float = 2.0,
+    stop_after_failures: int = 3, poll_seconds: float = 2.0, hours: Optional[float] = None,
 ) -> Outcome:
     """Runs every unfinished run (of `settings`, default all: machines can share a study by
     setting, their run folders never overlap). After `stop_after_failures` runs in a row fail —
     a cause every run shares, such as data that cannot be found, would otherwise fail the whole
-    queue one run at a time — it starts no more, lets the running ones end, and says why."""
+    queue one run at a time — it starts no more, lets the running ones end, and says why. With
+    `hours`, it starts only runs expected to end within that many hours (TimeBudget) and ends
+    when none is left that fits; a run killed at a machine's time limit would lose its work
+    since its last checkpoint."""
     queue, running, failed = Queue(study, settings), [], []
+    budget = None if hours is None else TimeBudget(study, hours)
+    fits = (lambda job: True) if budget is None else budget.fits
     failures_in_a_row, stopped = 0, None
     left = queue.remaining()
     print(f"study {study.name}: {left} run{'' if left == 1 else 's'} to consider, {workers} workers × {threads} threads",
@@ -195,7 +230,7 @@ def run_study(
     try:
         while True:
             while len(running) < workers and stopped is None:
-                job = queue.next_ready()
+                job = queue.next_ready(fits)
                 if job is None:
                     break
                 plan = study.robustness.args if study.measures_robustness(job) else None
@@ -214,6 +249,8 @@ def run_study(
                 seconds = time.monotonic() - item.started
                 if done:
                     failures_in_a_row = 0
+                    if budget is not None:
+                        budget.refit()
                     pending = queue.pending()
                     left = len(pending) + len(running)
                     print(f"done   {_name(item.job)} in {seconds:.0f} s; {left} left{_estimate(study, pending, running, workers)}",
@@ -231,7 +268,7 @@ def run_study(
             item.process.terminate()
             item.process.wait()
             record(item, study.runs_dir)
-    return Outcome(failed, stopped)
+    return Outcome(failed, stopped, queue.remaining() if budget is not None and stopped is None else 0)
 
 
 def last_error_line(log: Path, start: int = 0) -> str:
