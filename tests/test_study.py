@@ -102,6 +102,21 @@ def test_a_runs_expected_time_is_its_settings_factor_times_its_variants():
         fit_run_times({})
 
 
+def test_a_setting_and_variant_with_finished_runs_is_expected_to_take_what_they_took():
+    """(s2, v2) took 900 and 1600 s, 1.6× what the product of the others' factors says: it is
+    expected to take their geometric mean, 1200 s; the unseen (s3, v2) still comes from the fit."""
+    observed = {("s1", "v1"): [100.0], ("s1", "v2"): [300.0], ("s2", "v1"): [200.0], ("s2", "v2"): [900.0, 1600.0]}
+    expected = fit_run_times(observed)
+    assert expected(("s2", "v2")) == pytest.approx(1200.0)
+    assert expected(("s1", "v1")) == pytest.approx(100.0)
+    # The unseen setting: the mean setting term plus v2's term of the least-squares fit of every
+    # run's log time (numpy's, on columns a_s1, a_s2, b_v1, b_v2; the sum is the same in any solution).
+    import numpy as np
+    rows = [((1, 0, 1, 0), 100.0), ((1, 0, 0, 1), 300.0), ((0, 1, 1, 0), 200.0), ((0, 1, 0, 1), 900.0), ((0, 1, 0, 1), 1600.0)]
+    solution = np.linalg.lstsq(np.array([r for r, _ in rows], float), np.log([t for _, t in rows]), rcond=None)[0]
+    assert expected(("s3", "v2")) == pytest.approx(math.exp((solution[0] + solution[1]) / 2 + solution[3]), rel=1e-6)
+
+
 def test_the_time_to_go_is_the_runs_left_at_their_expected_times_over_the_workers():
     observed = {("s1", "v1"): [100.0], ("s1", "v2"): [300.0], ("s2", "v1"): [200.0]}
     # Pending: (s2, v2) 600 s and (s1, v1) 100 s; running: (s2, v2) 150 s in (450 left), (s1, v1) past its time (0).
