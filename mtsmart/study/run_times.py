@@ -7,7 +7,7 @@ predicts a setting × variant that has no finished run yet from the variant's co
 the first runs of a new setting (the cheap baseline first) would otherwise make the rest look
 as cheap as they were. A setting × variant with finished runs is expected to take what they
 took (their geometric mean): the product is only roughly right — on smart_parts' RTE the fp32
-variants cost 1.3x more than the fit said, bf16 gaining more on its longer sequences.
+variants took 1.3x what the fit said (docs/study.md).
 """
 from __future__ import annotations
 
