@@ -195,12 +195,11 @@ class TimeBudget:
     any run has finished nothing can be predicted, and every run fits."""
 
     def __init__(self, study: Study, hours: float):
-        self.study, self.deadline = study, time.monotonic() + hours * 3600
-        self.refit()
+        self.deadline = time.monotonic() + hours * 3600
+        self.refit(finished_run_seconds(study))
 
-    def refit(self) -> None:
-        """Reread the finished runs' times (after a run finishes)."""
-        observed = finished_run_seconds(self.study)
+    def refit(self, observed: dict[Cell, list[float]]) -> None:
+        """Predict from these finished runs' times (finished_run_seconds, after a run finishes)."""
         self.expected = fit_run_times(observed) if observed else None
 
     def fits(self, job: Job) -> bool:
@@ -224,23 +223,28 @@ def run_study(
     budget = None if hours is None else TimeBudget(study, hours)
     fits = (lambda job: True) if budget is None else budget.fits
     failures_in_a_row, stopped = 0, None
+    # Whether a run may be startable: a report run becomes ready and an estimate changes only when
+    # a run ends, and the time left only shrinks, so between two endings nothing new can start.
+    look_for_runs = True
     left = queue.remaining()
     print(f"study {study.name}: {left} run{'' if left == 1 else 's'} to consider, {workers} workers × {threads} threads",
           flush=True)
     try:
         while True:
-            while len(running) < workers and stopped is None:
+            while look_for_runs and len(running) < workers and stopped is None:
                 job = queue.next_ready(fits)
                 if job is None:
                     break
                 plan = study.robustness.args if study.measures_robustness(job) else None
                 running.append(launch(job, study.runs_dir, threads, plan))
                 print(f"start  {_name(job)} ({job.phase})", flush=True)
+            look_for_runs = False
             if not running:
                 break
             time.sleep(poll_seconds)
             for item in [r for r in running if r.process.poll() is not None]:
                 running.remove(item)
+                look_for_runs = True
                 if item.owes_robustness(study.runs_dir):
                     running.append(launch_robustness(item, study.runs_dir))
                     print(f"robust {_name(item.job)} (training done; measuring robustness)", flush=True)
@@ -249,11 +253,12 @@ def run_study(
                 seconds = time.monotonic() - item.started
                 if done:
                     failures_in_a_row = 0
+                    observed = finished_run_seconds(study)
                     if budget is not None:
-                        budget.refit()
+                        budget.refit(observed)
                     pending = queue.pending()
                     left = len(pending) + len(running)
-                    print(f"done   {_name(item.job)} in {seconds:.0f} s; {left} left{_estimate(study, pending, running, workers)}",
+                    print(f"done   {_name(item.job)} in {seconds:.0f} s; {left} left{_estimate(observed, pending, running, workers)}",
                           flush=True)
                     continue
                 failed.append(item.job)
@@ -296,13 +301,13 @@ def finished_run_seconds(study: Study) -> dict[Cell, list[float]]:
     return found
 
 
-def _estimate(study: Study, pending: list[Cell], running: list[Running], workers: int) -> str:
-    """A rough time to go (mtsmart.study.run_times): each run left at what the finished runs say
-    its setting and variant cost, `workers` at a time."""
+def _estimate(observed: dict[Cell, list[float]], pending: list[Cell], running: list[Running], workers: int) -> str:
+    """A rough time to go (mtsmart.study.run_times): each run left at what the finished runs
+    (`observed`) say its setting and variant cost, `workers` at a time."""
     if not pending and not running:
         return ""
     now = time.monotonic()
-    hours = hours_to_go(finished_run_seconds(study), pending,
+    hours = hours_to_go(observed, pending,
                         [((r.job.setting, r.job.variant), now - r.started) for r in running], workers)
     return "" if hours is None else f", about {hours:.1f} h more"
 
