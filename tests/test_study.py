@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -111,10 +112,16 @@ def test_a_setting_and_variant_with_finished_runs_is_expected_to_take_what_they_
     assert expected(("s1", "v1")) == pytest.approx(100.0)
     # The unseen setting: the mean setting term plus v2's term of the least-squares fit of every
     # run's log time (numpy's, on columns a_s1, a_s2, b_v1, b_v2; the sum is the same in any solution).
-    import numpy as np
     rows = [((1, 0, 1, 0), 100.0), ((1, 0, 0, 1), 300.0), ((0, 1, 1, 0), 200.0), ((0, 1, 0, 1), 900.0), ((0, 1, 0, 1), 1600.0)]
     solution = np.linalg.lstsq(np.array([r for r, _ in rows], float), np.log([t for _, t in rows]), rcond=None)[0]
     assert expected(("s3", "v2")) == pytest.approx(math.exp((solution[0] + solution[1]) / 2 + solution[3]), rel=1e-6)
+
+
+def test_run_times_cannot_be_fitted_without_a_finished_run():
+    with pytest.raises(ValueError, match="at least one finished run"):
+        fit_run_times({("s1", "v1"): []})
+    # A cell without runs beside one with runs is fitted like an unseen one.
+    assert fit_run_times({("s1", "v1"): [], ("s1", "v2"): [300.0]})(("s1", "v1")) == pytest.approx(300.0)
 
 
 def test_the_time_to_go_is_the_runs_left_at_their_expected_times_over_the_workers():

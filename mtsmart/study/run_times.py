@@ -27,10 +27,10 @@ def fit_run_times(observed: dict[Cell, list[float]]) -> Callable[[Cell], float]:
     finished runs' seconds, or, for one without any, the least-squares fit of log seconds as
     a[setting] + b[variant] (alternating means), where a setting or a variant without any
     finished run takes the mean of the others' terms. `observed` must hold at least one time."""
-    logs = [(setting, variant, math.log(max(seconds, 1.0)))
-            for (setting, variant), times in observed.items() for seconds in times]
-    if not logs:
+    log_times = {cell: [math.log(max(seconds, 1.0)) for seconds in times] for cell, times in observed.items() if times}
+    if not log_times:
         raise ValueError("fit_run_times needs at least one finished run")
+    logs = [(setting, variant, t) for (setting, variant), ts in log_times.items() for t in ts]
     settings = sorted({s for s, _, _ in logs})
     variants = sorted({v for _, v, _ in logs})
     a = dict.fromkeys(settings, 0.0)
@@ -39,7 +39,7 @@ def fit_run_times(observed: dict[Cell, list[float]]) -> Callable[[Cell], float]:
         b = {v: _mean([t - a[s] for s, w, t in logs if w == v]) for v in variants}
         a = {s: _mean([t - b[w] for r, w, t in logs if r == s]) for s in settings}
     mean_a, mean_b = _mean(list(a.values())), _mean(list(b.values()))
-    seen = {cell: _mean([math.log(max(seconds, 1.0)) for seconds in times]) for cell, times in observed.items() if times}
+    seen = {cell: _mean(ts) for cell, ts in log_times.items()}
     return lambda cell: math.exp(seen[cell] if cell in seen else a.get(cell[0], mean_a) + b.get(cell[1], mean_b))
 
 
