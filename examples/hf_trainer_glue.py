@@ -73,7 +73,7 @@ def main() -> None:
     trainer = SmartTrainer(  # SMART line 2: the Trainer's arguments, plus SMART's and the teacher's
         model=model, args=training, train_dataset=data["train"], eval_dataset=data["validation"],
         data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer, compute_metrics=metrics,
-        smart=SmartConfig(weight=1.0), bregman=BregmanConfig(mu=1.0),
+        regulariser=SmartConfig(weight=1.0), bregman=BregmanConfig(mu=1.0),
     )
     trainer.train()
     print(trainer.evaluate())

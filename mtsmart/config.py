@@ -18,16 +18,41 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from mtsmart.adversarial.config import AdversarialConfig
+from mtsmart.adversarial.config import (
+    AdversarialConfig, FGMConfig, FGSMConfig, FreeLBConfig, GradientPenaltyConfig, PGDConfig, R3FConfig, RDropConfig,
+    method_options_classes,
+)
 from mtsmart.bregman_config import BregmanConfig
 from mtsmart.data.config import DataConfig
 from mtsmart.smart_config import SmartConfig
 
 
 # Keys renamed so that one concept has one name (docs/configuration.md): the old key is refused
-# with the name that replaced it.
-RENAMED_KEYS = {"smart.noise_std": "smart.init_scale", "adversarial.alpha": "adversarial.step_size"}
+# with the name(s) that replaced it.
+RENAMED_KEYS: dict[str, tuple[str, ...]] = {
+    "smart.noise_std": ("smart.init_scale",),
+    # The shared adversarial.* options became one section per method (each key one meaning).
+    "adversarial.alpha": ("pgd.step_size", "freelb.step_size"),
+    "adversarial.step_size": ("pgd.step_size", "freelb.step_size"),
+    "adversarial.steps": ("pgd.steps", "freelb.steps"),
+    "adversarial.epsilon": ("fgsm.epsilon", "fgm.epsilon", "pgd.epsilon", "freelb.epsilon", "gradient_penalty.epsilon"),
+    "adversarial.norm": ("fgm.norm", "pgd.norm", "freelb.norm"),
+    "adversarial.scope": ("fgsm.scope", "fgm.scope", "pgd.scope"),
+    "adversarial.init": ("freelb.init", "r3f.init"),
+    "adversarial.init_scale": ("freelb.init_scale", "r3f.init_scale"),
+    "adversarial.weight": ("fgsm.weight", "fgm.weight", "pgd.weight", "gradient_penalty.weight", "r3f.weight", "rdrop.alpha"),
+}
 RENAMED_VALUES = {"smart.level": {"sentence": "example"}}
+# Where each old adversarial.* key went, for the method a saved config chose (renamed_to_current).
+_MOVED_PER_METHOD = {
+    "fgsm": {"epsilon": "epsilon", "weight": "weight", "scope": "scope"},
+    "fgm": {"epsilon": "epsilon", "weight": "weight", "scope": "scope", "norm": "norm"},
+    "pgd": {"epsilon": "epsilon", "step_size": "step_size", "steps": "steps", "norm": "norm", "weight": "weight", "scope": "scope"},
+    "freelb": {"epsilon": "epsilon", "step_size": "step_size", "steps": "steps", "norm": "norm", "init": "init", "init_scale": "init_scale"},
+    "gradient_penalty": {"epsilon": "epsilon", "weight": "weight"},
+    "r3f": {"init": "init", "init_scale": "init_scale", "weight": "weight"},
+    "rdrop": {"weight": "alpha"},
+}
 
 _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
@@ -130,6 +155,13 @@ class Config:
     smart: SmartConfig = field(default_factory=SmartConfig)
     bregman: BregmanConfig = field(default_factory=BregmanConfig)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    fgsm: FGSMConfig = field(default_factory=FGSMConfig)
+    fgm: FGMConfig = field(default_factory=FGMConfig)
+    pgd: PGDConfig = field(default_factory=PGDConfig)
+    freelb: FreeLBConfig = field(default_factory=FreeLBConfig)
+    gradient_penalty: GradientPenaltyConfig = field(default_factory=GradientPenaltyConfig)
+    r3f: R3FConfig = field(default_factory=R3FConfig)
+    rdrop: RDropConfig = field(default_factory=RDropConfig)
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -137,6 +169,10 @@ class Config:
         repeated = sorted({name for name in self.tasks if self.tasks.count(name) > 1})
         if repeated:
             raise ValueError(f"tasks: {repeated[0]!r} is listed twice in {self.tasks}")
+
+    def regulariser_options(self) -> Any:
+        """The section of the method `adversarial.method` chooses (None for plain fine-tuning)."""
+        return None if self.adversarial.method == "none" else getattr(self, self.adversarial.method)
 
 
 # --------------------------------------------------------------------------- building from data
@@ -190,7 +226,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     unknown = sorted(set(data) - names)
     renamed = [prefix + key for key in unknown if prefix + key in RENAMED_KEYS]
     if renamed:
-        raise ConfigError(f"{renamed[0]} is now called {RENAMED_KEYS[renamed[0]]} (same meaning)")
+        raise ConfigError(renamed_message(renamed[0]))
     if unknown:
         raise ConfigError(f"unknown key {prefix}{unknown[0]}; known keys of {prefix.rstrip('.') or 'config'}: {sorted(names)}")
     kwargs = {}
@@ -210,22 +246,47 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return _build(Config, data, "")
 
 
+def renamed_message(old: str) -> str:
+    new = RENAMED_KEYS[old]
+    if len(new) == 1:
+        return f"{old} is now called {new[0]} (same meaning)"
+    return f"{old} is now one key per method: {', '.join(new)} (docs/configuration.md)"
+
+
 def renamed_to_current(data: dict[str, Any]) -> dict[str, Any]:
     """A config mtsmart itself wrote before a rename (a run's config.yaml, a checkpoint's state),
     with its old names replaced by the current ones: the meaning is the same, so such runs still
     load and resume. A config a person writes keeps getting the refusal that names the new key."""
     current = {section: dict(value) if isinstance(value, dict) else value for section, value in data.items()}
-    for old, new in RENAMED_KEYS.items():
-        section, old_key = old.split(".")
-        block = current.get(section)
-        if isinstance(block, dict) and old_key in block:
-            block[new.split(".")[1]] = block.pop(old_key)
+    smart, adversarial = current.get("smart"), current.get("adversarial")
+    if isinstance(smart, dict) and "noise_std" in smart:
+        smart["init_scale"] = smart.pop("noise_std")
+    if isinstance(smart, dict) and "guard" not in smart and smart.get("update", "paper") != "paper" and "epsilon" in smart:
+        smart["guard"] = smart.pop("epsilon")  # ε was only the division guard of these rules
+    if isinstance(adversarial, dict):
+        _move_adversarial_options(current, adversarial)
     for key, values in RENAMED_VALUES.items():
         section, name = key.split(".")
         block = current.get(section)
         if isinstance(block, dict) and block.get(name) in values:
             block[name] = values[block[name]]
     return current
+
+
+def _move_adversarial_options(current: dict[str, Any], adversarial: dict[str, Any]) -> None:
+    """The shared adversarial.* options of a saved config into the section of the method it chose;
+    the others were unused by that run and are dropped. norm `auto` was the method's default."""
+    if "alpha" in adversarial:
+        adversarial["step_size"] = adversarial.pop("alpha")
+    method = adversarial.get("method", "smart")
+    moved = {key: adversarial.pop(key) for key in list(adversarial) if key != "method"}
+    if moved.get("norm") == "auto":
+        del moved["norm"]
+    destination = _MOVED_PER_METHOD.get(method, {})
+    section = current.setdefault(method, {}) if destination else None
+    for old_key, value in moved.items():
+        if old_key in destination:
+            section[destination[old_key]] = value
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

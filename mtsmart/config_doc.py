@@ -116,12 +116,13 @@ def table(title: str, rows: list[str], source: str) -> str:
 
 def renamed() -> str:
     """The old names a config may still hold: each is refused with a message naming the new one."""
-    rows = [f"| `{old}` | `{new}` |" for old, new in RENAMED_KEYS.items()]
+    rows = [f"| `{old}` | {', '.join(f'`{name}`' for name in new)} |" for old, new in RENAMED_KEYS.items()]
     rows += [f"| `{key}: {old}` | `{key}: {new}` |" for key, values in RENAMED_VALUES.items() for old, new in values.items()]
     return "\n".join(["## Renamed", "",
                       "One name per concept: in a config you write these old names are refused with the new one; a run "
                       "mtsmart wrote before the rename (its config.yaml, its checkpoints) still loads and resumes, read "
-                      "with the new names.", "",
+                      "with the new names. An old `adversarial.*` key of a saved run goes to the section of the method "
+                      "that run chose.", "",
                       "| old | new |", "|---|---|", *rows, ""])
 
 

@@ -5,11 +5,11 @@
     from mtsmart.bregman_config import BregmanConfig
 
     trainer = SmartTrainer(model=model, args=args, train_dataset=train, eval_dataset=dev,
-                           smart=SmartConfig(weight=1.0), bregman=BregmanConfig(mu=1.0))
+                           regulariser=SmartConfig(weight=1.0), bregman=BregmanConfig(mu=1.0))
     trainer.train()
 
 `model` is any `AutoModelForSequenceClassification` (classification with any number of labels,
-or regression with `num_labels=1`). Each micro-batch runs mtsmart's own `train_microbatch` — the
+or regression with `num_labels=1`). Each micro-batch runs mtsmart's own `Objective` — the
 same clean forward, regulariser, Bregman term and backward as `mtsmart train` — on a one-task
 view of the Hugging Face model (`SequenceClassifierView`); the teacher θ̃ moves after every
 optimizer step the Trainer takes, and its state goes into the Trainer's checkpoints, so
@@ -28,18 +28,18 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from mtsmart.adversarial.config import AdversarialConfig
 from mtsmart.adversarial.registry import build_adversary
 from mtsmart.batch import Batch
 from mtsmart.bregman import BregmanProximal
 from mtsmart.bregman_config import BregmanConfig
 from mtsmart.logger import ScalarMeter
 from mtsmart.smart_config import SmartConfig
-from mtsmart.step import train_microbatch
+from mtsmart.step import Objective
 from mtsmart.task_spec import TaskSpec
 from mtsmart.task_types import task_types_of
 
 TASK = "task"  # the view's one task name
+DEFAULT_REGULARISER = object()  # `regulariser` not given: SMART's Rs with SmartConfig()'s options
 STATE_FILE = "mtsmart_state.pt"  # the teacher and the regulariser's counters, beside the Trainer's files
 
 
@@ -97,21 +97,20 @@ class _TeacherSchedule(TrainerCallback):
 
 class SmartTrainer(Trainer):
     """`transformers.Trainer` whose training step is mtsmart's: L + λs·Rs (or another method of
-    `adversarial.method`) + μ·D_Breg, with the mean teacher updated after each optimizer step.
+    the regulariser's family) + μ·D_Breg, with the mean teacher updated after each optimizer step.
 
-    smart / bregman / adversarial: the same dataclasses as `mtsmart train`'s `smart.*`,
-    `bregman.*` and `adversarial.*` sections (defaults: SMART's Rs at the paper's values and the
-    Bregman teacher with μ = 1; `BregmanConfig(mu=0)` turns the teacher off).
+    regulariser: the options of one method, the same dataclasses as `mtsmart train`'s sections —
+    `SmartConfig` (SMART's Rs, `smart.*`; the default, at the paper's values), `FGMConfig`,
+    `PGDConfig`, `FreeLBConfig`, `RDropConfig`, ... (mtsmart.adversarial.config) — or None for
+    none. bregman: `BregmanConfig` (default μ = 1; `BregmanConfig(mu=0)` turns the teacher off).
     """
 
-    def __init__(self, *args, smart: Optional[SmartConfig] = None, bregman: Optional[BregmanConfig] = None,
-                 adversarial: Optional[AdversarialConfig] = None, **kwargs):
+    def __init__(self, *args, regulariser: Any = DEFAULT_REGULARISER, bregman: Optional[BregmanConfig] = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.smart_config = smart or SmartConfig()
+        self.regulariser_config = SmartConfig() if regulariser is DEFAULT_REGULARISER else regulariser
         self.bregman_config = bregman or BregmanConfig()
-        self.adversarial_config = adversarial or AdversarialConfig()  # SMART's Rs
         self.view = SequenceClassifierView(self.model)
-        self.adversary = build_adversary(self.adversarial_config, self.smart_config, task_types_of(self.view.specs))
+        self.adversary = build_adversary(self.regulariser_config, task_types_of(self.view.specs))
         self.bregman: Optional[BregmanProximal] = None  # built at the first step, when max_steps is known
         self._resume_state: Optional[str] = None
         self._meter = ScalarMeter()
@@ -134,11 +133,9 @@ class SmartTrainer(Trainer):
                       token_type_ids=inputs.get("token_type_ids"), labels=inputs["labels"])
         # Set by the Trainer's loop for each optimizer step (the last one of an epoch may be shorter).
         accumulation = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
-        stats = train_microbatch(
-            self.view, batch, self.adversary, self.bregman,
-            backward=lambda loss: self.accelerator.backward(loss / accumulation),
-            autocast=self.accelerator.autocast,
-        )
+        objective = Objective(self.adversary, self.bregman, backward=lambda loss: self.accelerator.backward(loss / accumulation),
+                              autocast=self.accelerator.autocast)
+        stats = objective.train_microbatch(self.view, batch)
         self._meter.add({key: value for key, value in stats.items() if key != "loss"})
         # The Trainer logs what this returns: the task loss, or for a method that replaces it
         # (FreeLB, the gradient penalty) the loss that trained θ.

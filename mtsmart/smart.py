@@ -120,18 +120,18 @@ def _update(delta: torch.Tensor, grad: torch.Tensor, radius: Radius, cfg: SmartC
     """One step of the inner maximisation; returns the new δ (N, T, H), detached."""
     delta = delta.detach()
     if cfg.update == "release":
-        # The authors' released code (docs/method.md "Two readings"): δ = η · g / (‖g‖ + ε) per unit, with no
+        # The authors' released code (docs/method.md "Two readings"): δ = η · g / (‖g‖ + guard) per unit, with no
         # projection; the previous δ (the noise ν at the first step) only seeded g and is dropped.
         grad = grad * mask
-        return cfg.step_size * grad / (unit_norm(grad, cfg.norm, cfg.level) + cfg.epsilon)
+        return cfg.step_size * grad / (unit_norm(grad, cfg.norm, cfg.level) + cfg.guard)
     if cfg.update == "paper":
         # Algorithm 1: g̃ = g / ‖g‖; x̃ ← Π_{‖x̃ − x‖_p ≤ ε}(x̃ + η g̃).
         ascended = delta + cfg.step_size * normalize(grad, cfg.norm, cfg.level, mask)
         return project(ascended, radius, cfg.norm, cfg.level, mask)
     # The public code's rule (docs/method.md "The reference code's defects", 3), for comparison only: δ ← (δ + η g) scaled
-    # to unit norm per unit, ε a mere guard in the denominator, so ‖δ‖_p ≈ 1 whatever ε is.
+    # to unit norm per unit, a mere guard in the denominator, so ‖δ‖_p ≈ 1 (the paper's ε plays no part).
     ascended = (delta + cfg.step_size * grad) * mask
-    return ascended / (unit_norm(ascended, cfg.norm, cfg.level) + cfg.epsilon)
+    return ascended / (unit_norm(ascended, cfg.norm, cfg.level) + cfg.guard)
 
 
 def _mean_unit_norm(v: torch.Tensor, cfg: SmartConfig, mask: torch.Tensor) -> float:

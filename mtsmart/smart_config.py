@@ -17,6 +17,8 @@ UPDATES = ("paper", "reference", "release")
 # after its LayerNorm and dropout (the authors' released code; docs/method.md "Two readings").
 INPUTS = ("word_embeddings", "embedding_output")
 DROPOUT_MODES = ("shared", "independent")
+DEFAULT_EPSILON = 1e-5
+DEFAULT_GUARD = 1e-5
 
 
 @dataclass
@@ -25,7 +27,8 @@ class SmartConfig:
     steps: int = 1  # K (the paper's T_x̃): ascent steps
     step_size: float = 1e-3  # η
     init_scale: float = 1e-5  # σ of the random start ν ~ N(0, σ² I) (the paper's noise)
-    epsilon: float = 1e-5  # ε: the projection radius (update=paper); only a division guard for reference and release
+    epsilon: float = DEFAULT_EPSILON  # ε: the projection radius ‖x̃ − x‖_p ≤ ε of update=paper (the reference and release rules have none)
+    guard: float = DEFAULT_GUARD  # the division guard of g/(‖g‖ + guard) in update=reference and release (update=paper normalises without one)
     epsilon_relative: bool = False  # ε relative to each unit's embedding norm (docs/method.md "The radius")
     norm: Literal["inf", "l2", "l1"] = "inf"  # p of the ball ‖x̃ − x‖_p ≤ ε and of the ascent normalisation
     level: Literal["token", "example"] = "token"  # perturbation unit: each token (H) or each example (T×H)
@@ -37,7 +40,7 @@ class SmartConfig:
     dropout: Literal["shared", "independent"] = "shared"  # perturbed forwards reuse the clean forward's dropout masks, or draw new ones (the reference code)
 
     def __post_init__(self) -> None:
-        for key in ("weight", "step_size", "init_scale", "epsilon"):
+        for key in ("weight", "step_size", "init_scale", "epsilon", "guard"):
             value = getattr(self, key)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"smart.{key} must be a finite number >= 0, got {value!r}")
@@ -50,6 +53,14 @@ class SmartConfig:
         _check_choice("dropout", self.dropout, DROPOUT_MODES)
         _check_choice("inner_div", self.inner_div, ("auto", *DIVERGENCES))
         _check_choice("outer_div", self.outer_div, ("auto", *DIVERGENCES))
+        if self.update != "paper" and self.epsilon != DEFAULT_EPSILON:
+            raise ValueError(
+                f"smart.epsilon is the projection radius of smart.update=paper; smart.update={self.update} has no radius "
+                "(its division guard is smart.guard)"
+            )
+        if self.update == "paper" and self.guard != DEFAULT_GUARD:
+            raise ValueError("smart.guard is the division guard of smart.update=reference and release; "
+                             "smart.update=paper has none (its radius is smart.epsilon)")
         if self.update != "paper" and self.epsilon_relative:
             # The reference and release rules have no radius (ε is only their denominator guard),
             # so a relative radius would be parsed and ignored: refuse it.

@@ -1,7 +1,7 @@
 """The training recipe: setup → one readable loop → results.
 
 Per optimizer step (SMART Algorithm 1 with S inner steps inside the Bregman wrapper):
-  task ← sampler;  micro-batches → `mtsmart.step.train_microbatch` (forward, L + μ·D_Breg + the
+  task ← sampler;  micro-batches → `mtsmart.step.Objective` (forward, L + μ·D_Breg + the
   regulariser's term, backward);  clip → AdamW step → θ̃ update every S steps → log / evaluate /
   checkpoint.
 
@@ -35,7 +35,7 @@ from mtsmart.progress import progress_line
 from mtsmart.run_info import run_info, seed_everything
 from mtsmart.sampler import TaskSampler
 from mtsmart.schedule import linear_warmup_decay
-from mtsmart.step import train_microbatch
+from mtsmart.step import Objective
 from mtsmart.step_times import StepTimes
 from mtsmart.task_types import task_types_of
 
@@ -94,7 +94,7 @@ class Trainer:
 
         self.specs = build.load_specs(cfg)
         # Its options are checked against the task types here, before anything is loaded.
-        self.adversary = build_adversary(cfg.adversarial, cfg.smart, task_types_of(self.specs))
+        self.adversary = build_adversary(cfg.regulariser_options(), task_types_of(self.specs))
         self.tokenizer = build.build_tokenizer(cfg)
         self.loaders = build.build_train_loaders(cfg, self.specs, self.tokenizer, self.world)
         self.eval_sets = build.build_eval_sets(cfg, self.specs, self.tokenizer)
@@ -117,6 +117,7 @@ class Trainer:
         self.ddp_reduces = not self.adversary.extra_backward
         self.backward_calls = 0
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.precision == "fp16")
+        self.objective = Objective(self.adversary, self.bregman, self.backward, self.autocast)
         self.state = TrainState()
         if self.resume_from is not None:
             ckpt.load(self.resume_from, self.stateful(), cfg, self.world.rank, self.world.world_size)
@@ -208,7 +209,7 @@ class Trainer:
             sync = self.ddp_reduces and micro == self.cfg.train.grad_accum - 1  # DDP reduces in this backward
             self.backward_calls = 0
             with distributed.gradient_sync(self.model, sync):
-                stats.append(train_microbatch(self.model, batch, self.adversary, self.bregman, self.backward, self.autocast))
+                stats.append(self.objective.train_microbatch(self.model, batch))
             if sync and self.world.enabled and self.backward_calls > 1:
                 raise RuntimeError(
                     f"{type(self.adversary).__name__} back-propagated {self.backward_calls} times in one micro-batch "

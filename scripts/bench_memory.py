@@ -59,7 +59,7 @@ def measure(model_name: str, batch: int, seq: int, overrides: list[str]) -> dict
     from mtsmart.adversarial.registry import build_adversary
     from mtsmart.batch import Batch
     from mtsmart.config import load_config
-    from mtsmart.step import train_microbatch
+    from mtsmart.step import Objective
     from mtsmart.task_types import task_types_of
 
     cfg = load_config(None, [f"model.name_or_path={model_name}", "tasks=[rte]", *overrides])
@@ -69,14 +69,14 @@ def measure(model_name: str, batch: int, seq: int, overrides: list[str]) -> dict
     tokenizer = build.build_tokenizer(cfg)
     model = build.build_model(cfg, specs, tokenizer, device).train()
     bregman = build.build_bregman(model, cfg, total_updates=100)
-    adversary = build_adversary(cfg.adversarial, cfg.smart, task_types_of(specs))
+    adversary = build_adversary(cfg.regulariser_options(), task_types_of(specs))
     ids = torch.randint(1000, len(tokenizer), (batch, seq), device=device)  # full-length rows: the worst case
     data = Batch(task="rte", input_ids=ids, attention_mask=torch.ones_like(ids),
                  token_type_ids=torch.zeros_like(ids), labels=torch.randint(0, 2, (batch,), device=device),
                  example_ids=list(range(batch)))
 
     def step() -> None:
-        train_microbatch(model, data, adversary, bregman, lambda loss: loss.backward(), _nullcontext)
+        Objective(adversary, bregman, lambda loss: loss.backward(), _nullcontext).train_microbatch(model, data)
         bregman.step()
         bregman.zero_grad()
 

@@ -3,7 +3,7 @@
     python scripts/bench_scaling.py            # packaged MiniLM, shapes 16×64 … 32×128
     python scripts/bench_scaling.py --quick    # tiny random BERT, two small shapes
 
-One optimizer step = mtsmart.step.train_microbatch + clipping + the Bregman-wrapped AdamW step,
+One optimizer step = mtsmart.step.Objective + clipping + the Bregman-wrapped AdamW step,
 on components built by mtsmart.build from the same config overrides `mtsmart train` takes. The
 batches have no padding, so every one of the B × T positions costs what a real token costs.
 Plain and SMART alternate at each repeat; medians are printed, after one warm-up step.
@@ -28,7 +28,7 @@ from mtsmart import build  # noqa: E402
 from mtsmart.adversarial.registry import build_adversary  # noqa: E402
 from mtsmart.batch import Batch  # noqa: E402
 from mtsmart.config import load_config  # noqa: E402
-from mtsmart.step import train_microbatch  # noqa: E402
+from mtsmart.step import Objective  # noqa: E402
 from mtsmart.task_types import task_types_of  # noqa: E402
 
 PLAIN = ["adversarial.method=none", "bregman.mu=0"]
@@ -42,11 +42,11 @@ def step_of(setting: Setting, overrides: list[str], batch: Batch) -> Callable[[]
     specs = build.load_specs(cfg)
     model = build.build_model(cfg, specs, build.build_tokenizer(cfg), torch.device("cpu")).train()
     bregman = build.build_bregman(model, cfg, total_updates=1000)
-    adversary = build_adversary(cfg.adversarial, cfg.smart, task_types_of(specs))
+    adversary = build_adversary(cfg.regulariser_options(), task_types_of(specs))
     autocast = build.autocast_factory(setting.precision, torch.device("cpu"))
 
     def step() -> None:
-        train_microbatch(model, batch, adversary, bregman, lambda loss: loss.backward(), autocast)
+        Objective(adversary, bregman, lambda loss: loss.backward(), autocast).train_microbatch(model, batch)
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
         bregman.step()
         bregman.zero_grad()

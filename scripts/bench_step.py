@@ -15,8 +15,8 @@ Two suites, timed in the same interleaved rounds unless --only picks one:
 - smart: plain fine-tuning and SMART K=1/K=2 against SMART's op-count floor (below) and
   smart-pytorch's SMARTLoss;
 - methods: each method of mtsmart.adversarial (--methods, default all) and plain fine-tuning
-  (method none), each step through the training loop's own `train_microbatch` with
-  `build_adversary(AdversarialConfig(method=...), SmartConfig(), task types)`, a BregmanProximal with
+  (method none), each step through the training loop's own `Objective` with
+  `build_adversary(<the method's options>, task types)`, a BregmanProximal with
   mu = 0 and AdamW; reported as time and ratio to plain, beside the passes each method makes.
 
 The floor of SMART with K ascent steps, from measured units (docs/performance.md explains it):
@@ -52,7 +52,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a sourc
 
 from mtsmart.adversarial.registry import build_adversary  # noqa: E402
 from mtsmart.task_types import task_types_of  # noqa: E402
-from mtsmart.adversarial.config import AdversarialConfig  # noqa: E402
+from mtsmart.adversarial.config import (  # noqa: E402
+    FGMConfig, FGSMConfig, FreeLBConfig, GradientPenaltyConfig, PGDConfig, R3FConfig, RDropConfig,
+)
 from mtsmart.allocator import keep_freed_memory  # noqa: E402
 from mtsmart.batch import Batch  # noqa: E402
 from mtsmart.adversarial.smart_method import SmartRegularizer  # noqa: E402
@@ -66,7 +68,7 @@ from mtsmart.perturbation import token_mask  # noqa: E402
 from mtsmart.rng import snapshot  # noqa: E402
 from mtsmart.smart_config import SmartConfig  # noqa: E402
 from mtsmart.task_spec import TaskSpec  # noqa: E402
-from mtsmart.step import train_microbatch  # noqa: E402
+from mtsmart.step import Objective  # noqa: E402
 from mtsmart.task_types import TASK_TYPES  # noqa: E402
 
 TASK = "bench"
@@ -75,21 +77,21 @@ SPEC = TaskSpec(name=TASK, type="classification", metrics=("accuracy",), labels=
 # The methods suite: name → (adversarial.* options, the passes one step makes). Passes are counted
 # over the whole encoder: F = forward, Bx = input-only backward (to x, δ or W; no weight-gradient
 # GEMMs), Bθ = backward into every parameter. Bθ runs once per graph the final loss goes through.
-METHODS: dict[str, tuple[dict, str]] = {
-    "none": ({"method": "none"}, "1 F + 1 Bθ"),
-    "fgsm": ({"method": "fgsm"}, "2 F + 1 Bx + 2 Bθ"),
-    "fgm": ({"method": "fgm"}, "2 F + 1 Bx + 2 Bθ"),
-    "pgd-k1": ({"method": "pgd", "steps": 1}, "2 F + 1 Bx + 2 Bθ"),  # = FGM: r_1 from the clean gradient
-    "pgd-k3": ({"method": "pgd", "steps": 3}, "4 F + 3 Bx + 2 Bθ"),
-    "freelb-k1": ({"method": "freelb", "steps": 1}, "1 F + 1 Bθ"),  # no clean forward; δ's gradient comes free
-    "freelb-k3": ({"method": "freelb", "steps": 3}, "3 F + 3 Bθ"),
+METHODS: dict[str, tuple[object, str]] = {
+    "none": (None, "1 F + 1 Bθ"),
+    "fgsm": (FGSMConfig(), "2 F + 1 Bx + 2 Bθ"),
+    "fgm": (FGMConfig(), "2 F + 1 Bx + 2 Bθ"),
+    "pgd-k1": (PGDConfig(steps=1), "2 F + 1 Bx + 2 Bθ"),  # = FGM: r_1 from the clean gradient
+    "pgd-k3": (PGDConfig(steps=3), "4 F + 3 Bx + 2 Bθ"),
+    "freelb-k1": (FreeLBConfig(steps=1), "1 F + 1 Bθ"),  # no clean forward; δ's gradient comes free
+    "freelb-k3": (FreeLBConfig(steps=3), "3 F + 3 Bθ"),
     "gradient_penalty": (  # math attention kernel; the final backward also runs through the Bx graph
-        {"method": "gradient_penalty"}, "1 F + 1 Bx (create_graph) + 1 double backward"),
-    "r3f": ({"method": "r3f"}, "2 F + 2 Bθ"),
-    "rdrop": ({"method": "rdrop"}, "2 F + 2 Bθ"),
-    "smart-k1": ({"method": "smart"}, "3 F + 1 Bx + 2 Bθ"),  # SmartConfig(): K = 1
-    "fgm-matrix": ({"method": "fgm", "scope": "matrix"}, "2 F + 2 Bθ"),  # ∇_W read in the clean backward
-    "pgd-k3-matrix": ({"method": "pgd", "scope": "matrix", "steps": 3}, "4 F + 2 Bx + 2 Bθ"),
+        GradientPenaltyConfig(), "1 F + 1 Bx (create_graph) + 1 double backward"),
+    "r3f": (R3FConfig(), "2 F + 2 Bθ"),
+    "rdrop": (RDropConfig(), "2 F + 2 Bθ"),
+    "smart-k1": (SmartConfig(), "3 F + 1 Bx + 2 Bθ"),  # SmartConfig(): K = 1
+    "fgm-matrix": (FGMConfig(scope="matrix"), "2 F + 2 Bθ"),  # ∇_W read in the clean backward
+    "pgd-k3-matrix": (PGDConfig(scope="matrix", steps=3), "4 F + 2 Bx + 2 Bθ"),
 }
 
 
@@ -239,13 +241,13 @@ def fwd_bwd_params(model, batch) -> Callable[[], None]:
 def method_step(model, batch, optimizer, method: str) -> Callable[[], None]:
     """One optimizer step of `method` exactly as the trainer takes it (one micro-batch; the
     precision is the caller's autocast, see `in_precision`)."""
-    adversary = build_adversary(AdversarialConfig(**METHODS[method][0]), SmartConfig(), task_types_of(model.specs))
+    adversary = build_adversary(METHODS[method][0], task_types_of(model.specs))
     # mu = 0: no teacher, no Bregman term; the wrapper only steps the shared AdamW.
     bregman = BregmanProximal(optimizer, model, BregmanConfig(mu=0.0), total_updates=1)
 
     def step() -> None:
         bregman.zero_grad()  # the smart suite's variants leave their gradients behind
-        train_microbatch(model, batch, adversary, bregman, lambda loss: loss.backward(), contextlib.nullcontext)
+        Objective(adversary, bregman, lambda loss: loss.backward(), contextlib.nullcontext).train_microbatch(model, batch)
         bregman.step()
 
     return step
@@ -328,7 +330,7 @@ def report_methods(samples: dict[str, list[float]], methods: list[str]) -> None:
     """Median and minimum of each method, the ratio of medians to plain, and the range of the
     per-round ratios (a method's time over plain's in the same round: how noisy the ratio is)."""
     plain = samples[method_variant("none")]
-    print("methods through train_microbatch (ms; ratio = median / plain's median; rounds = per-round ratios):")
+    print("methods through the Objective (ms; ratio = median / plain's median; rounds = per-round ratios):")
     print(f"  {'method':16s} {'median':>8s} {'minimum':>8s} {'ratio':>6s} {'rounds':>11s}   passes")
     for method in methods:
         times = samples[method_variant(method)]

@@ -140,7 +140,7 @@ def hf_trainer_classes(clock_of: Callable[[], StepClock]):
         """mtsmart.hf.SmartTrainer with SMART's Rs at the paper's values, no teacher (as SMARTLoss)."""
 
         def __init__(self, **kwargs):
-            super().__init__(**kwargs, smart=SmartConfig(steps=1), bregman=BregmanConfig(mu=0.0))
+            super().__init__(**kwargs, regulariser=SmartConfig(steps=1), bregman=BregmanConfig(mu=0.0))
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             clock_of().batch(inputs["input_ids"])

@@ -5,7 +5,7 @@ by operator, side by side, for one plain (or SMART) step of the packaged MiniLM.
     python scripts/profile_precision.py --method smart       # SMART's Rs (K = 1) on top
     python scripts/profile_precision.py --quick              # tiny random BERT (smoke run)
 
-The step is mtsmart's own (mtsmart.step.train_microbatch + clipping + fused AdamW) on components
+The step is mtsmart's own (mtsmart.step.Objective + clipping + fused AdamW) on components
 built by mtsmart.build; after --warmup untimed steps in each precision, --repeats profiled steps
 per precision are summed. Printed: each operator's self CPU time in both precisions and its
 speed-up, the largest first, and each precision's total — what bf16 speeds up and what it does
@@ -26,7 +26,7 @@ from mtsmart import build  # noqa: E402
 from mtsmart.adversarial.registry import build_adversary  # noqa: E402
 from mtsmart.batch import Batch  # noqa: E402
 from mtsmart.config import load_config  # noqa: E402
-from mtsmart.step import train_microbatch  # noqa: E402
+from mtsmart.step import Objective  # noqa: E402
 from mtsmart.task_types import task_types_of  # noqa: E402
 
 
@@ -57,7 +57,7 @@ def main() -> None:
     tokenizer = build.build_tokenizer(cfg)
     model = build.build_model(cfg, specs, tokenizer, torch.device("cpu")).train()
     bregman = build.build_bregman(model, cfg, total_updates=1000)
-    adversary = build_adversary(cfg.adversarial, cfg.smart, task_types_of(specs))
+    adversary = build_adversary(cfg.regulariser_options(), task_types_of(specs))
     ids = torch.randint(1000, len(tokenizer), (args.batch_size, args.seq_len))
     batch = Batch(task="rte", input_ids=ids, attention_mask=torch.ones_like(ids), token_type_ids=torch.zeros_like(ids),
                   labels=torch.randint(0, 2, (args.batch_size,)))
@@ -66,7 +66,7 @@ def main() -> None:
         autocast = build.autocast_factory(precision, torch.device("cpu"))
 
         def step() -> None:
-            train_microbatch(model, batch, adversary, bregman, lambda loss: loss.backward(), autocast)
+            Objective(adversary, bregman, lambda loss: loss.backward(), autocast).train_microbatch(model, batch)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
             bregman.step()
             bregman.zero_grad()

@@ -5,6 +5,8 @@ the same formula give the same gradients.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from typing import Callable, Optional
 
@@ -13,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from mtsmart.adversarial.base import AdversarialContext
-from mtsmart.adversarial.config import AdversarialConfig
+from mtsmart.adversarial.base import Terms
+from mtsmart.adversarial.config import AdversarialConfig, PGDConfig, method_options_classes
 from mtsmart.adversarial.registry import build_adversary
 from mtsmart.adversarial.base import AdversarialMethod
 from mtsmart.adversarial.freelb import FreeLB
@@ -88,22 +91,45 @@ def run(
     embeds = core.word_embeddings(batch.input_ids)
     mask = token_mask(batch.attention_mask, embeds.dtype)
     clean = task_loss = None
-    if not method.computes_task_loss:
+    if method.needs_clean_forward:
         clean = task_output(model, batch, inputs_embeds=embeds)
         if batch.labels is not None:
             task_loss = tt.loss(clean, batch.labels)
+    loss_backward = backward or (lambda loss: loss.backward())
+
+    def terms_backward(terms: Terms) -> None:  # the objective's backward, with task weight 1
+        present = [t for t in (terms.task_loss, terms.bregman, terms.regulariser) if t is not None]
+        if present:
+            loss_backward(sum(present[1:], present[0]))
+
     ctx = AdversarialContext(
         model=model, batch=batch, task_type=tt, embeds=embeds, mask=mask, clean_output=clean,
-        task_loss=task_loss, loss=task_loss, backward=backward or (lambda loss: loss.backward()),
+        clean=Terms(task_loss=task_loss), backward=terms_backward,
     )
     result = method(ctx)
-    if result.loss is not None:
-        result.loss.backward()
+    terms_backward(result.terms)
     return result, grads(core)
 
 
-def adversary(**options) -> AdversarialMethod:
-    return build_adversary(AdversarialConfig(**options), SmartConfig(), TASK_TYPES.values())
+def left(result) -> list[torch.Tensor]:
+    """The terms a method left for the objective to back-propagate."""
+    terms = result.terms
+    return [t for t in (terms.task_loss, terms.bregman, terms.regulariser) if t is not None]
+
+
+def method_options(method: str, **options):
+    """The options of `method` (its own section's dataclass). Keys its section does not have are
+    left out, so that a parametrized test can give every method the same ones."""
+    if method == "none":
+        return None
+    cls = method_options_classes()[method]
+    if "weight" in options and method == "rdrop":
+        options["alpha"] = options.pop("weight")
+    return cls(**{k: v for k, v in options.items() if k in {f.name for f in dataclasses.fields(cls)}})
+
+
+def adversary(method: str, **options) -> AdversarialMethod:
+    return build_adversary(method_options(method, **options), TASK_TYPES.values())
 
 
 # ----------------------------------------------------------------------------- naive references
@@ -340,9 +366,9 @@ def test_matrix_scope_matches_the_articles_and_restores_bitwise(method):
     eps, alpha, steps = 0.5, 0.3, 3
     model, batch = make_model(), make_batch("cls")
     before = word_matrix(model).detach().clone()
-    options = dict(method=method, scope="matrix", epsilon=eps, step_size=alpha, steps=steps)
+    options = dict(method=method, scope="matrix", epsilon=eps) | (dict(step_size=alpha, steps=steps) if method == "pgd" else {})
     result, actual = run(adversary(**options), model, batch)
-    assert result.loss is None  # everything was back-propagated through ctx.backward
+    assert left(result) == []  # everything was back-propagated through ctx.backward
     assert torch.equal(word_matrix(model), before)
 
     reference = make_model()
@@ -373,10 +399,11 @@ def test_matrix_scope_restores_the_matrix_when_the_adversarial_forward_raises(me
     assert torch.equal(word_matrix(model), before)
 
 
-def test_matrix_scope_refuses_other_methods():
-    for method in ("freelb", "gradient_penalty", "r3f", "smart"):
-        with pytest.raises(ValueError, match="adversarial.scope"):
-            AdversarialConfig(method=method, scope="matrix")
+def test_matrix_scope_exists_only_for_the_methods_that_have_it():
+    for method in ("freelb", "gradient_penalty", "r3f", "rdrop", "smart"):
+        assert "scope" not in {f.name for f in dataclasses.fields(method_options_classes()[method])}
+    with pytest.raises(ValueError, match=r"pgd\.scope"):
+        PGDConfig(scope="vocabulary")
 
 
 # ----------------------------------------------------------------------------- cost, padding, tasks
@@ -404,7 +431,7 @@ def test_freelb_costs_k_forward_and_k_backward_passes(steps):
         loss.backward()
 
     method = adversary(method="freelb", steps=steps, epsilon=0.5, step_size=0.1)
-    assert method.computes_task_loss  # so the loop made no clean forward
+    assert not method.needs_clean_forward  # so the objective made no clean forward
     run(method, model, batch, backward=backward)
     handle.remove()
     assert counts == {"forward": steps, "backward": steps}
@@ -476,7 +503,7 @@ def test_every_method_runs_on_every_task_type(name, task):
     model, batch = make_model(), make_batch(task)
     method = adversary(**ALL_METHODS[name])
     result, actual = run(method, model, batch)
-    assert result.loss is None or torch.isfinite(result.loss)
+    assert all(torch.isfinite(t) for t in left(result))
     assert set(result.scalars) == set(method.scalars)  # what it logs is what it declares
     assert all(math.isfinite(v) for v in result.scalars.values())
     assert actual and all(torch.isfinite(g).all() for g in actual.values())
@@ -490,17 +517,18 @@ def test_methods_needing_labels_refuse_an_unlabelled_batch(method):
 
 def test_r3f_is_label_free():
     result, _ = run(adversary(method="r3f", init_scale=0.1), make_model(), make_batch("cls", labelled=False))
-    assert result.loss is not None and result.scalars["loss"] > 0
+    assert left(result) and result.scalars["loss"] > 0
 
 
 def test_none_returns_the_loop_loss_unchanged():
     model, batch = make_model(), make_batch("cls")
     embeds = model.word_embeddings(batch.input_ids)
     loss = loss_at(model, batch, embeds)
+    clean = Terms(task_loss=loss)
     ctx = AdversarialContext(model, batch, task_type(batch), embeds, token_mask(batch.attention_mask, embeds.dtype),
-                             None, loss, loss, lambda l: l.backward())
+                             None, clean, lambda terms: None)
     result = adversary(method="none")(ctx)
-    assert result.loss is loss and result.scalars == {}
+    assert result.terms is clean and result.scalars == {}
 
 
 def test_distributed_data_parallel_wrapper_gives_the_same_gradients(tmp_path):
@@ -532,7 +560,7 @@ def test_distributed_data_parallel_wrapper_gives_the_same_gradients(tmp_path):
 def test_smart_method_adds_the_regularizer_term():
     cfg = SmartConfig(weight=3.0, epsilon=1e-2, step_size=1e-2, init_scale=1e-3)
     model, batch = make_model(), make_batch("cls")
-    method = build_adversary(AdversarialConfig(method="smart"), cfg, TASK_TYPES.values())
+    method = build_adversary(cfg, TASK_TYPES.values())
     torch.manual_seed(5)
     result, actual = run(method, model, batch)
 
@@ -565,23 +593,27 @@ def test_random_start_state_round_trips_through_state_dict():
 
 
 @pytest.mark.parametrize(
-    "options,key",
+    "method,options,key",
     [
-        (dict(epsilon=0.0), "adversarial.epsilon"),
-        (dict(method="pgd", steps=0), "adversarial.steps"),
-        (dict(step_size=-1.0), "adversarial.step_size"),
-        (dict(weight=-1.0), "adversarial.weight"),
-        (dict(method="fgsm", norm="l2"), "adversarial.norm"),
-        (dict(method="r3f", init="zero"), "adversarial.init"),
-        (dict(method="adversarial"), "adversarial.method"),
+        ("fgm", dict(epsilon=0.0), "fgm.epsilon"),
+        ("fgsm", dict(epsilon=math.nan), "fgsm.epsilon"),
+        ("pgd", dict(steps=0), "pgd.steps"),
+        ("freelb", dict(step_size=-1.0), "freelb.step_size"),
+        ("pgd", dict(weight=-1.0), "pgd.weight"),
+        ("gradient_penalty", dict(epsilon=math.inf), "gradient_penalty.epsilon"),
+        ("r3f", dict(init_scale=0.0), "r3f.init_scale"),
+        ("r3f", dict(init="zero"), "r3f.init"),
+        ("rdrop", dict(alpha=-0.5), "rdrop.alpha"),
     ],
 )
-def test_config_rejects_bad_combinations(options, key):
+def test_each_section_refuses_its_bad_values_by_name(method, options, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-        AdversarialConfig(**options)
+        method_options_classes()[method](**options)
+    with pytest.raises(ValueError, match=r"adversarial\.method"):
+        AdversarialConfig(method="adversarial")
 
 
-def test_norm_auto_is_sign_step_for_fgsm_and_l2_otherwise():
-    assert AdversarialConfig(method="fgsm").resolved_norm == "inf"
-    assert AdversarialConfig(method="pgd").resolved_norm == "l2"
-    assert AdversarialConfig(method="fgm", norm="inf").resolved_norm == "inf"
+def test_fgsm_is_the_sign_step_and_fgm_defaults_to_l2():
+    assert adversary(method="fgsm").norm == "inf"
+    assert adversary(method="fgm").norm == "l2" and adversary(method="fgm", norm="inf").norm == "inf"
+    assert "norm" not in {f.name for f in dataclasses.fields(method_options_classes()["fgsm"])}

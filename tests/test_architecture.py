@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mtsmart.adversarial.config import METHODS
+from mtsmart.adversarial.config import METHODS, method_options_classes
 from mtsmart.adversarial.registry import BUILDERS
-from mtsmart.config import ConfigError, load_config
+from mtsmart.config import ConfigError, load_config, renamed_to_current
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "mtsmart"
@@ -130,7 +130,9 @@ def test_no_method_name_outside_the_methods_and_the_config():
 
 
 def test_every_method_the_config_accepts_has_a_builder():
-    assert set(BUILDERS) == set(METHODS)
+    classes = method_options_classes()
+    assert set(classes) == set(METHODS)
+    assert {type(None) if cls is None else cls for cls in classes.values()} == set(BUILDERS)
 
 
 def test_reading_a_config_does_not_load_the_encoder_libraries():
@@ -141,7 +143,9 @@ def test_reading_a_config_does_not_load_the_encoder_libraries():
 
 @pytest.mark.parametrize("override, message", [
     ("smart.noise_std=1e-5", "smart.noise_std is now called smart.init_scale"),
-    ("adversarial.alpha=0.3", "adversarial.alpha is now called adversarial.step_size"),
+    ("adversarial.alpha=0.3", "adversarial.alpha is now one key per method: pgd.step_size, freelb.step_size"),
+    ("adversarial.weight=0.3", "adversarial.weight is now one key per method: .*rdrop.alpha"),
+    ("adversarial.epsilon=0.3", "adversarial.epsilon is now one key per method: fgsm.epsilon, fgm.epsilon"),
     ("smart.level=sentence", "smart.level: 'sentence' is now called 'example'"),
 ])
 def test_old_names_are_refused_with_the_new_one(override, message):
@@ -155,18 +159,48 @@ def test_a_run_written_before_the_rename_still_loads_and_resumes(tmp_path):
     from mtsmart.checkpoint import config_differences
     from mtsmart.config import config_to_dict, renamed_to_current
 
-    old = config_to_dict(load_config(None, ["smart.init_scale=3e-5", "adversarial.step_size=0.1", "smart.level=example"]))
+    old = config_to_dict(load_config(None, ["smart.init_scale=3e-5", "smart.level=example", "adversarial.method=pgd",
+                                             "pgd.step_size=0.1", "pgd.steps=2"]))
     old["smart"]["noise_std"] = old["smart"].pop("init_scale")
-    old["adversarial"]["alpha"] = old["adversarial"].pop("step_size")
     old["smart"]["level"] = "sentence"
+    for section in ("fgsm", "fgm", "pgd", "freelb", "gradient_penalty", "r3f", "rdrop"):
+        del old[section]
+    del old["smart"]["guard"]
+    # The flat adversarial.* section of before, as mtsmart wrote it.
+    old["adversarial"] = {"method": "pgd", "scope": "example", "epsilon": 1.0, "alpha": 0.1, "steps": 2, "norm": "auto",
+                          "init": "normal", "init_scale": 1e-5, "weight": 1.0}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(old), encoding="utf-8")
-    with pytest.raises(ConfigError, match="is now called"):
+    with pytest.raises(ConfigError, match="is now"):
         load_config(path)
     cfg = load_config(path, written_by_mtsmart=True)
-    assert (cfg.smart.init_scale, cfg.adversarial.step_size, cfg.smart.level) == (3e-5, 0.1, "example")
+    assert (cfg.smart.init_scale, cfg.smart.level) == (3e-5, "example")
+    assert (cfg.pgd.step_size, cfg.pgd.steps, cfg.pgd.norm, cfg.adversarial.method) == (0.1, 2, "l2", "pgd")
     assert config_differences(renamed_to_current(old), config_to_dict(cfg)) == []
     assert "noise_std" in old["smart"]  # the saved dict itself is left as it was
+
+
+@pytest.mark.parametrize("method, old, section, expected", [
+    ("rdrop", {"weight": 0.5}, "rdrop", {"alpha": 0.5}),
+    ("r3f", {"init": "uniform", "init_scale": 1e-3, "weight": 2.0}, "r3f", {"init": "uniform", "init_scale": 1e-3, "weight": 2.0}),
+    ("fgsm", {"epsilon": 0.2, "scope": "matrix", "norm": "auto"}, "fgsm", {"epsilon": 0.2, "scope": "matrix"}),
+    ("gradient_penalty", {"epsilon": 0.5, "weight": 3.0, "steps": 9}, "gradient_penalty", {"epsilon": 0.5, "weight": 3.0}),
+])
+def test_a_saved_flat_adversarial_section_goes_to_the_chosen_method(method, old, section, expected):
+    from mtsmart.config import config_from_dict
+
+    cfg = config_from_dict(renamed_to_current({"adversarial": {"method": method, **old}}))
+    assert {key: getattr(getattr(cfg, section), key) for key in expected} == expected
+
+
+def test_a_saved_release_rule_epsilon_becomes_its_guard():
+    from mtsmart.config import config_from_dict
+
+    saved = {"smart": {"update": "release", "epsilon": 1e-6}}
+    cfg = config_from_dict(renamed_to_current(saved))
+    assert (cfg.smart.guard, cfg.smart.epsilon) == (1e-6, 1e-5)
+    paper = config_from_dict(renamed_to_current({"smart": {"update": "paper", "epsilon": 1e-3}}))
+    assert (paper.smart.epsilon, paper.smart.guard) == (1e-3, 1e-5)
 
 
 def test_a_checkpoint_from_before_a_new_key_resumes():

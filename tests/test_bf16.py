@@ -15,7 +15,9 @@ import torch
 
 from mtsmart.adversarial.registry import build_adversary
 from mtsmart.task_types import task_types_of
-from mtsmart.adversarial.config import AdversarialConfig
+from mtsmart.adversarial.config import (
+    FGMConfig, FGSMConfig, FreeLBConfig, GradientPenaltyConfig, PGDConfig, R3FConfig, RDropConfig,
+)
 from mtsmart.batch import Batch
 from mtsmart.bregman import BregmanProximal
 from mtsmart.bregman_config import BregmanConfig
@@ -24,26 +26,26 @@ from mtsmart.precision import cpu_bf16_flags, resolve_precision
 from mtsmart.smart_config import SmartConfig
 from mtsmart.task_spec import TaskSpec
 from mtsmart.build import autocast_factory
-from mtsmart.step import train_microbatch
+from mtsmart.step import Objective
 
 SPECS = {
     "cls": TaskSpec(name="cls", type="classification", metrics=("accuracy",), labels=("a", "b", "c"), dropout=0.0),
     "reg": TaskSpec(name="reg", type="regression", metrics=("pearson",), dropout=0.0),
 }
 METHODS = {
-    "none": (dict(method="none"), {}, 0.0),
+    "none": (None, 0.0),
     # Perturbations above bf16's resolution of x: below it bf16 rounds them away (the next test).
-    "smart_paper": (dict(method="smart"), dict(epsilon=1e-2, step_size=1e-2, init_scale=1e-2), 0.0),
-    "smart_release": (dict(method="smart"), dict(input="embedding_output", update="release", epsilon=1e-6,
-                                                  step_size=0.3, init_scale=0.1, dropout="independent"), 0.0),
-    "fgsm": (dict(method="fgsm", epsilon=1e-2), {}, 0.0),
-    "fgm": (dict(method="fgm", epsilon=0.5), {}, 0.0),
-    "pgd": (dict(method="pgd", epsilon=0.5, step_size=0.2, steps=2), {}, 0.0),
-    "freelb": (dict(method="freelb", epsilon=0.5, step_size=0.2, steps=2), {}, 0.0),
-    "gradient_penalty": (dict(method="gradient_penalty", epsilon=1.0), {}, 0.0),
-    "r3f": (dict(method="r3f", init_scale=1e-2), {}, 0.0),
-    "rdrop": (dict(method="rdrop"), {}, 0.0),
-    "bregman": (dict(method="none"), {}, 1.0),
+    "smart_paper": (SmartConfig(epsilon=1e-2, step_size=1e-2, init_scale=1e-2), 0.0),
+    "smart_release": (SmartConfig(input="embedding_output", update="release", guard=1e-6,
+                                  step_size=0.3, init_scale=0.1, dropout="independent"), 0.0),
+    "fgsm": (FGSMConfig(epsilon=1e-2), 0.0),
+    "fgm": (FGMConfig(epsilon=0.5), 0.0),
+    "pgd": (PGDConfig(epsilon=0.5, step_size=0.2, steps=2), 0.0),
+    "freelb": (FreeLBConfig(epsilon=0.5, step_size=0.2, steps=2), 0.0),
+    "gradient_penalty": (GradientPenaltyConfig(epsilon=1.0), 0.0),
+    "r3f": (R3FConfig(init_scale=1e-2), 0.0),
+    "rdrop": (RDropConfig(), 0.0),
+    "bregman": (None, 1.0),
 }
 
 
@@ -66,7 +68,7 @@ def make_batch(task: str) -> Batch:
 
 
 def one_step(model, batch, name: str, precision: str):
-    adv, smart, mu = METHODS[name]
+    options, mu = METHODS[name]
     model = copy.deepcopy(model)
     bregman = BregmanProximal(torch.optim.SGD(model.parameters(), lr=0.0), model,
                               BregmanConfig(mu=mu, teacher_dropout=False), total_updates=10)
@@ -75,10 +77,10 @@ def one_step(model, batch, name: str, precision: str):
         with torch.no_grad():
             for param in bregman.teacher.parameters():
                 param.add_(0.05 * torch.randn_like(param))
-    adversary = build_adversary(AdversarialConfig(**adv), SmartConfig(**smart), task_types_of(model.specs))
+    adversary = build_adversary(options, task_types_of(model.specs))
     torch.manual_seed(7)
-    stats = train_microbatch(model, batch, adversary, bregman, lambda loss: loss.backward(),
-                             autocast_factory(precision, torch.device("cpu")))
+    objective = Objective(adversary, bregman, lambda loss: loss.backward(), autocast_factory(precision, torch.device("cpu")))
+    stats = objective.train_microbatch(model, batch)
     grads = torch.cat([p.grad.flatten().float() for p in model.parameters() if p.grad is not None])
     return stats, grads
 
@@ -102,8 +104,7 @@ def test_bf16_rounds_a_perturbation_below_its_resolution_away_and_smart_says_so(
     """σ = 1e-5 on an embedding output of |x| ≈ 1: bf16's first matrix product sees x + ν = x, so
     the ascent gradient is exactly zero and Rs vanishes; fp32 sees ν. SMART warns once per run."""
     model, batch = make_model(), make_batch("reg")
-    options = dict(method="smart"), dict(input="embedding_output", update="release", epsilon=1e-6, init_scale=1e-5)
-    METHODS["tiny_release"] = (*options, 0.0)
+    METHODS["tiny_release"] = (SmartConfig(input="embedding_output", update="release", guard=1e-6, init_scale=1e-5), 0.0)
     try:
         with caplog.at_level("WARNING", logger="mtsmart.smart"):
             bf16_stats, _ = one_step(model, batch, "tiny_release", "bf16")

@@ -85,7 +85,7 @@ def test_one_step_equals_the_objective_by_hand(tmp_path, num_labels, mu):
     smart = SmartConfig(weight=2.0, epsilon=1e-2, step_size=1e-2, init_scale=1e-3)
     model = tiny_classifier(num_labels)
     reference = copy.deepcopy(model)
-    trainer = SmartTrainer(model=model, args=args(tmp_path), smart=smart, bregman=BregmanConfig(mu=mu))
+    trainer = SmartTrainer(model=model, args=args(tmp_path), regulariser=smart, bregman=BregmanConfig(mu=mu))
     trainer.create_optimizer()
     trainer.state.max_steps = 10
     trainer._build_bregman()
@@ -134,7 +134,7 @@ SCRIPT = textwrap.dedent('''
                              save_steps=4, save_strategy="steps", learning_rate=1e-3, seed=7, disable_tqdm=True,
                              gradient_accumulation_steps=2, logging_steps=2)
     trainer = SmartTrainer(model=model, args=args, train_dataset=data,
-                           smart=SmartConfig(epsilon=1e-2, step_size=1e-2, init_scale=1e-3),
+                           regulariser=SmartConfig(epsilon=1e-2, step_size=1e-2, init_scale=1e-3),
                            bregman=BregmanConfig(mu=1.0, beta=0.9, early_beta=0.5, early_fraction=0.25, teacher_dropout=True))
     trainer.train(resume_from_checkpoint=resume)
 ''')
@@ -190,7 +190,7 @@ def test_a_short_run_learns_and_logs_the_regularisers(tmp_path):
     trainer = SmartTrainer(
         model=tiny_classifier(2, dropout=0.1), train_dataset=data,
         args=args(tmp_path, max_steps=60, logging_steps=10, learning_rate=3e-3, warmup_steps=5),
-        smart=SmartConfig(epsilon=1e-2, step_size=1e-2, init_scale=1e-3), bregman=BregmanConfig(mu=0.1, beta=0.9),
+        regulariser=SmartConfig(epsilon=1e-2, step_size=1e-2, init_scale=1e-3), bregman=BregmanConfig(mu=0.1, beta=0.9),
     )
     trainer.train()
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
@@ -259,7 +259,7 @@ def test_bf16_and_gradient_accumulation_through_the_trainer(tmp_path):
     trainer = SmartTrainer(
         model=tiny_classifier(1, dropout=0.1), train_dataset=data,
         args=args(tmp_path, max_steps=4, logging_steps=2, bf16=True, gradient_accumulation_steps=2),
-        smart=SmartConfig(input="embedding_output", update="release", dropout="independent", epsilon=1e-6),
+        regulariser=SmartConfig(input="embedding_output", update="release", dropout="independent", guard=1e-6),
         bregman=BregmanConfig(mu=0.1, teacher_dropout=True),
     )
     trainer.train()

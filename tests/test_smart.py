@@ -186,7 +186,7 @@ def test_reference_rule_gives_unit_norm_whatever_epsilon_and_paper_rule_respects
     # ‖ν + η g‖∞ ≈ 3e-5 per token here, so the guard ε barely matters once it is well below that
     # (the public code's default ε is 1e-6; its test_reference_rule_matches_its_formula covers ε = 1e-5).
     for epsilon in (1e-12, 1e-9, 1e-7):
-        reference, spy, x, mask, _ = _run("cls", SmartConfig(update="reference", epsilon=epsilon))
+        reference, spy, x, mask, _ = _run("cls", SmartConfig(update="reference", guard=epsilon))
         norms = unit_norm(spy.inputs[-1] - x, "inf", "token")[mask.bool()]
         assert torch.allclose(norms, torch.ones_like(norms), atol=0.01)  # ε is only a denominator guard
         assert reference.delta_norm == pytest.approx(1.0, abs=0.01)
@@ -196,7 +196,7 @@ def test_reference_rule_gives_unit_norm_whatever_epsilon_and_paper_rule_respects
 
 def test_reference_rule_matches_its_formula():
     # δ₁ = (ν + η g) / (‖ν + η g‖∞ + ε) per token, g the ascent gradient at ν.
-    cfg = SmartConfig(update="reference", epsilon=1e-5, init_scale=1e-5, step_size=1e-3)
+    cfg = SmartConfig(update="reference", guard=1e-5, init_scale=1e-5, step_size=1e-3)
     _, spy, x, mask, (model, batch, clean) = _run("cls", cfg)
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)) * 1e-5 * mask
     noise.requires_grad_()
@@ -379,7 +379,7 @@ def test_bench_step_quick_runs():
     run = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_step.py"), "--quick"],
                          capture_output=True, text=True, timeout=120, cwd=REPO)
     assert run.returncode == 0, run.stderr
-    for line in ("plain fine-tuning", "SMART K=1", "floor K=1", "SMART K=1 / floor K=1", "methods through train_microbatch"):
+    for line in ("plain fine-tuning", "SMART K=1", "floor K=1", "SMART K=1 / floor K=1", "methods through the Objective"):
         assert line in run.stdout
 
 

@@ -8,10 +8,10 @@ from transformers import BertConfig, BertModel, DebertaV2Config, DebertaV2Model,
 from transformers import RobertaConfig, RobertaModel
 
 from mtsmart import rng
-from mtsmart.adversarial.base import AdversarialContext
+from mtsmart.adversarial.base import AdversarialContext, Terms
 from mtsmart.adversarial.registry import build_adversary
 from mtsmart.adversarial.smart_method import SmartRegularizer
-from mtsmart.adversarial.config import AdversarialConfig
+from mtsmart.adversarial.config import RDropConfig
 from mtsmart.batch import Batch
 from mtsmart.bregman import scheduled_beta
 from mtsmart.bregman_config import BregmanConfig
@@ -120,7 +120,7 @@ def test_smart_on_the_embedding_output_never_perturbs_padding():
         seen.append((x - h).detach())
         return forward(x)
 
-    cfg = SmartConfig(input="embedding_output", update="release", epsilon=1e-6, step_size=1e-1, steps=2)
+    cfg = SmartConfig(input="embedding_output", update="release", guard=1e-6, step_size=1e-1, steps=2)
     inner, outer = divergences_for(cfg, TASK_TYPES["classification"])
     smart_regularizer(spy, h, clean, token_mask(batch.attention_mask, h.dtype), cfg=cfg, inner_div=inner, outer_div=outer)
     padding = batch.attention_mask == 0
@@ -139,7 +139,7 @@ def test_release_update_is_eta_g_over_norm_of_g_without_noise_or_projection(norm
     clean = task_output(model, batch, inputs_embeds=x)
     mask = token_mask(batch.attention_mask, x.dtype)
     # ε only guards the division; tiny here, as the tiny model's gradients are themselves small.
-    cfg = SmartConfig(update="release", norm=norm, step_size=1e-2, init_scale=1e-3, epsilon=1e-12, steps=1)
+    cfg = SmartConfig(update="release", norm=norm, step_size=1e-2, init_scale=1e-3, guard=1e-12, steps=1)
     inputs = []
 
     def spy(e):
@@ -174,15 +174,15 @@ def test_unknown_input_is_refused_naming_the_key():
 
 
 def test_smart_method_perturbs_what_smart_input_names():
-    assert build_adversary(AdversarialConfig(method="smart"), SmartConfig(), TASK_TYPES.values()).perturbs == "word_embeddings"
-    method = build_adversary(AdversarialConfig(method="smart"), SmartConfig(input="embedding_output"), TASK_TYPES.values())
+    assert build_adversary(SmartConfig(), TASK_TYPES.values()).perturbs == "word_embeddings"
+    method = build_adversary(SmartConfig(input="embedding_output"), TASK_TYPES.values())
     assert method.perturbs == "embedding_output"
 
 
 def test_independent_dropout_on_the_embedding_output_shares_only_the_embedding_dropout_mask():
     """The released code's Rs with ε → 0 is the divergence of two dropout samples of the layers."""
     model, batch = make_model().train(), make_batch()
-    cfg = dict(input="embedding_output", update="release", init_scale=0.0, step_size=0.0, epsilon=1e-6)
+    cfg = dict(input="embedding_output", update="release", init_scale=0.0, step_size=0.0, guard=1e-6)
     values = {}
     for dropout in ("shared", "independent"):
         torch.manual_seed(3)
@@ -210,9 +210,10 @@ def test_rdrop_gradient_is_its_formula_with_two_dropout_samples(task):
     first_loss = task_type.loss(first, batch.labels)
     ctx = AdversarialContext(model=model, batch=batch, task_type=task_type, embeds=x,
                              mask=token_mask(batch.attention_mask, x.dtype), clean_output=first,
-                             task_loss=first_loss, loss=first_loss, backward=lambda loss: loss.backward())
-    result = build_adversary(AdversarialConfig(method="rdrop", weight=alpha), SmartConfig(), TASK_TYPES.values())(ctx)
-    result.loss.backward()
+                             clean=Terms(task_loss=first_loss), backward=lambda terms: None)
+    result = build_adversary(RDropConfig(alpha=alpha), TASK_TYPES.values())(ctx)
+    assert result.terms.bregman is None
+    (result.terms.task_loss + result.terms.regulariser).backward()
     actual = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
 
@@ -240,9 +241,9 @@ def test_rdrop_needs_labels():
     x = model.word_embeddings(batch.input_ids)
     ctx = AdversarialContext(model=model, batch=batch, task_type=TASK_TYPES["classification"], embeds=x,
                              mask=token_mask(batch.attention_mask, x.dtype), clean_output=task_output(model, batch),
-                             task_loss=None, loss=None, backward=lambda loss: None)
+                             clean=Terms(), backward=lambda terms: None)
     with pytest.raises(ValueError, match="rdrop"):
-        build_adversary(AdversarialConfig(method="rdrop"), SmartConfig(), TASK_TYPES.values())(ctx)
+        build_adversary(RDropConfig(), TASK_TYPES.values())(ctx)
 
 
 # --------------------------------------------------------------------------- the teacher's schedule

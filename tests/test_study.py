@@ -33,7 +33,7 @@ def write_study(folder: Path, **changes) -> Path:
         "seeds": {"tune": [1], "report": [2, 3]},
         "base": TINY_BASE,
         "settings": {"rte": {"tasks": ["rte"]}},
-        "variants": {"plain": {}, "rdrop": {"adversarial": {"method": "rdrop"}, "grid": {"adversarial.weight": [0.5, 1.0]}}},
+        "variants": {"plain": {}, "rdrop": {"adversarial": {"method": "rdrop"}, "grid": {"rdrop.alpha": [0.5, 1.0]}}},
     }
     data.update(changes)
     path = folder / "study.yaml"
@@ -306,10 +306,10 @@ def test_the_cli_refuses_a_bad_study_in_one_line(tmp_path, capsys):
 def test_run_configs_are_base_setting_variant_point_and_seed(tmp_path):
     study = load_study(write_study(tmp_path))
     [first, second] = [j for j in study.tune_jobs("rte")]
-    assert first.overrides["adversarial"] == {"method": "rdrop", "weight": 0.5}
-    assert second.overrides["adversarial"] == {"method": "rdrop", "weight": 1.0}
+    assert first.overrides["adversarial"] == {"method": "rdrop"} and first.overrides["rdrop"] == {"alpha": 0.5}
+    assert second.overrides["rdrop"] == {"alpha": 1.0}
     assert first.overrides["train"]["seed"] == 1 and first.overrides["tasks"] == ["rte"]
-    assert first.folder(study.runs_dir) == tmp_path / "study" / "runs" / "rte" / "rdrop" / "adversarial.weight_0.5" / "seed_1"
+    assert first.folder(study.runs_dir) == tmp_path / "study" / "runs" / "rte" / "rdrop" / "rdrop.alpha_0.5" / "seed_1"
     assert study.tune_jobs("rte") == [first, second]  # plain has no grid: no tune runs
 
 
@@ -322,12 +322,12 @@ def fake_result(study, variant: str, point: str, seed: int, value: float) -> Non
 def test_the_chosen_point_has_the_best_tune_mean_and_waits_for_every_tune_run(tmp_path):
     study = load_study(write_study(tmp_path, seeds={"tune": [1, 2], "report": [3]}))
     assert chosen_point(study, "rte", "plain") == "default"
-    fake_result(study, "rdrop", "adversarial.weight_0.5", 1, 0.70)
-    fake_result(study, "rdrop", "adversarial.weight_0.5", 2, 0.60)
-    fake_result(study, "rdrop", "adversarial.weight_1.0", 1, 0.66)
+    fake_result(study, "rdrop", "rdrop.alpha_0.5", 1, 0.70)
+    fake_result(study, "rdrop", "rdrop.alpha_0.5", 2, 0.60)
+    fake_result(study, "rdrop", "rdrop.alpha_1.0", 1, 0.66)
     assert chosen_point(study, "rte", "rdrop") is None
-    fake_result(study, "rdrop", "adversarial.weight_1.0", 2, 0.66)
-    assert chosen_point(study, "rte", "rdrop") == "adversarial.weight_1.0"  # 0.66 > 0.65
+    fake_result(study, "rdrop", "rdrop.alpha_1.0", 2, 0.66)
+    assert chosen_point(study, "rte", "rdrop") == "rdrop.alpha_1.0"  # 0.66 > 0.65
 
 
 def fake_finished_run(study, variant: str, point: str, seed: int, seconds: float) -> None:
@@ -341,8 +341,8 @@ def test_under_a_time_budget_only_runs_expected_to_end_in_time_start(tmp_path):
     """plain's runs took 60 s and rdrop's 2 h: with 1 hour left plain's last report run starts and
     rdrop's two wait; with 3.5 hours (> 1.5 × 2 h) rdrop's fit too."""
     study = load_study(write_study(tmp_path))
-    fake_finished_run(study, "rdrop", "adversarial.weight_0.5", 1, 7200.0)
-    fake_finished_run(study, "rdrop", "adversarial.weight_1.0", 1, 7200.0)
+    fake_finished_run(study, "rdrop", "rdrop.alpha_0.5", 1, 7200.0)
+    fake_finished_run(study, "rdrop", "rdrop.alpha_1.0", 1, 7200.0)
     fake_finished_run(study, "plain", "default", 2, 60.0)
     assert TIME_MARGIN * 7200 < 3.5 * 3600
     queue, budget = Queue(study), TimeBudget(study, hours=1.0)
@@ -362,8 +362,8 @@ def test_a_budget_with_no_finished_run_lets_every_run_start(tmp_path):
 
 def test_a_study_out_of_time_starts_nothing_and_says_how_many_runs_are_left(tmp_path, capsys):
     study = load_study(path := write_study(tmp_path))
-    fake_finished_run(study, "rdrop", "adversarial.weight_0.5", 1, 7200.0)
-    fake_finished_run(study, "rdrop", "adversarial.weight_1.0", 1, 7200.0)
+    fake_finished_run(study, "rdrop", "rdrop.alpha_0.5", 1, 7200.0)
+    fake_finished_run(study, "rdrop", "rdrop.alpha_1.0", 1, 7200.0)
     assert main(["study", str(path), "--hours", "0.5"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert not [line for line in lines if line.startswith("start ")]

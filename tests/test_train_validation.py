@@ -9,7 +9,7 @@ from mtsmart.task_types import task_types_of
 
 def refuse_up_front(cfg, specs):
     """What the trainer does first with a config: build its regulariser for the tasks' types."""
-    return build_adversary(cfg.adversarial, cfg.smart, task_types_of(specs))
+    return build_adversary(cfg.regulariser_options(), task_types_of(specs))
 
 
 def test_kl_divergence_for_a_regression_task_is_refused_up_front():

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 
 from mtsmart.adversarial.base import (
-    LEVEL, AdversarialContext, AdversarialMethod, AdversarialResult, add, finite_or_zero, input_gradient,
-    mean_norm, perturbed_loss, require_clean, require_labels,
+    LEVEL, AdversarialContext, AdversarialMethod, AdversarialResult, finite_or_zero, input_gradient,
+    mean_norm, perturbed_loss, require_clean, require_labels, with_regulariser,
 )
 from mtsmart.perturbation import project, steepest_ascent
 
@@ -51,9 +51,9 @@ def pgd_perturbation(
 def perturbed_result(
     ctx: AdversarialContext, adv_loss, r, norm: str, weight: float, skipped: int
 ) -> AdversarialResult:
-    """L(x) + weight · L(x + r) for the loop to back-propagate, with the scalars it logs."""
+    """L(x) + weight · L(x + r) for the objective to back-propagate, with the scalars it logs."""
     return AdversarialResult(
-        loss=add(ctx.loss, weight * adv_loss),
+        terms=with_regulariser(ctx, weight * adv_loss),
         scalars={"loss": float(adv_loss.detach()), "delta_norm": mean_norm(r, norm),
                  "embed_norm": mean_norm(ctx.embeds, norm), "skipped": float(skipped)},
     )

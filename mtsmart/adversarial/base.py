@@ -2,14 +2,16 @@
 (SMART's Rs, FGSM, FGM, PGD, FreeLB, the gradient penalty, R3F, R-Drop; the Bregman term is an
 optimizer wrapper, mtsmart.bregman).
 
-The loop computes x = word_embeddings(input_ids) and (unless the method computes the task loss
-itself) the clean output f(x; θ) and loss, then hands an `AdversarialContext` to the method, which
-returns what the loop must still back-propagate and the scalars it declared. Each method says what
-it needs in class attributes; the loop reads those, never a method's name
-(`mtsmart.adversarial.registry` maps the config's names to classes).
+The objective's owner (`mtsmart.step.Objective`) computes x = word_embeddings(input_ids) and
+(unless the method computes the task loss itself) the clean output f(x; θ), the task loss and the
+Bregman term, then hands an `AdversarialContext` to the method, which returns the `Terms` still
+to back-propagate and the scalars it declared. Each method says what it needs in class
+attributes; the owner reads those, never a method's name (`mtsmart.adversarial.registry` maps
+the config's names to classes).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional
 
@@ -28,6 +30,16 @@ LEVEL = "example"
 
 
 @dataclass
+class Terms:
+    """Parts of one micro-batch's objective, not yet back-propagated. The objective's owner
+    (`mtsmart.step.Objective`) adds the present ones in this order and applies the task's weight."""
+
+    task_loss: Optional[Tensor] = None  # L(θ): the task loss of the batch
+    bregman: Optional[Tensor] = None  # μ · D_Breg(θ, θ̃), from the Bregman wrapper
+    regulariser: Optional[Tensor] = None  # the method's own term, its weight applied (λs·Rs, weight·L(x + r), α·consistency, ...)
+
+
+@dataclass
 class AdversarialContext:
     model: nn.Module  # MultiTaskModel, or DistributedDataParallel wrapping one
     batch: Batch
@@ -35,35 +47,41 @@ class AdversarialContext:
     embeds: Tensor  # x (N, T, H), inside the parameter graph
     mask: Tensor  # (N, T, 1) float, 1 = real token
     clean_output: Optional[Tensor]  # f(x; θ); None only if nothing needed a clean forward
-    task_loss: Optional[Tensor]  # L(x, y) on clean_output
-    loss: Optional[Tensor]  # the loop's total loss so far, not yet back-propagated
-    backward: Callable[[Tensor], None]  # back-propagates a loss now, with the loop's scaling
+    clean: Terms  # the clean forward's task loss (None without one) and the Bregman term
+    backward: Callable[[Terms], None]  # the objective's backward of terms now (weighted and scaled by the owner)
     clean_rng: Optional[RngSnapshot] = None  # random state the clean forward started from (its dropout masks)
     embedding_output: Optional[Tensor] = None  # the embedding module's output in the clean forward, when the method perturbs it
+
+    @property
+    def task_loss(self) -> Optional[Tensor]:
+        """L(x, y) on clean_output."""
+        return self.clean.task_loss
 
 
 @dataclass
 class AdversarialResult:
-    loss: Optional[Tensor]  # what the loop must still back-propagate; None if nothing is left
+    terms: Terms  # what the objective must still back-propagate (nothing already back-propagated)
     scalars: dict[str, float] = field(default_factory=dict)  # exactly the method's declared `scalars`
 
 
 class AdversarialMethod:
     """One small object per method; the arithmetic lives in pure functions beside it.
 
-    What a method needs from the loop, and what it logs, are declared in the class attributes
-    below; the loop reads them and never a method's name.
+    What a method needs from the objective, and what it logs, are declared in the class attributes
+    below; the objective reads them and never a method's name. A method never back-propagates
+    on its own: it returns its terms, and a method that needs gradients mid-way (FreeLB, the
+    matrix attack) hands terms to `ctx.backward`, the objective's own backward.
     """
 
     name: str = ""  # its `adversarial.method` value, for messages
-    # True: the method computes L(x, y) itself (in a forward of its own); the loop adds no task
-    # loss and runs its clean forward only when the Bregman term needs one.
-    computes_task_loss: bool = False
-    # True: the method back-propagates inside the micro-batch as well as the loop's one backward,
-    # so DistributedDataParallel cannot average the gradients in a backward (mtsmart.distributed).
+    # False: the method computes the task loss itself (in a forward of its own); the objective
+    # runs its clean forward only when the Bregman term needs one.
+    needs_clean_forward: bool = True
+    # True: the method back-propagates inside the micro-batch as well as the objective's final
+    # backward, so DistributedDataParallel cannot average the gradients in a backward (mtsmart.distributed).
     extra_backward: bool = False
-    # The tensor it perturbs: "word_embeddings" (ctx.embeds) or "embedding_output" (the loop then
-    # captures ctx.embedding_output from its clean forward).
+    # The tensor it perturbs: "word_embeddings" (ctx.embeds) or "embedding_output" (the objective
+    # then captures ctx.embedding_output from its clean forward).
     perturbs: str = "word_embeddings"
     # Logged as train/adv/<scalar> (docs/tensorboard.md); "loss" (its own term before its weight)
     # also per task as train/adv/<task>/loss.
@@ -90,7 +108,7 @@ class NoAdversary(AdversarialMethod):
     scalars = ()
 
     def __call__(self, ctx: AdversarialContext) -> AdversarialResult:
-        return AdversarialResult(loss=ctx.loss)
+        return AdversarialResult(terms=ctx.clean)
 
 
 class RandomStartMethod(AdversarialMethod):
@@ -173,9 +191,10 @@ def random_start(
     elif init == "uniform":
         noise = (torch.rand(like.shape, generator=generator, device=device, dtype=dtype) * 2 - 1) * scale
     else:
-        raise ValueError(f"adversarial.init: unknown random start {init!r}")
+        raise ValueError(f"init: unknown random start {init!r}")
     return noise.to(device=like.device, dtype=like.dtype) * mask
 
 
-def add(loss: Optional[Tensor], term: Tensor) -> Tensor:
-    return term if loss is None else loss + term
+def with_regulariser(ctx: AdversarialContext, term: Tensor) -> Terms:
+    """The clean forward's terms plus the method's own (weighted) term."""
+    return dataclasses.replace(ctx.clean, regulariser=term)

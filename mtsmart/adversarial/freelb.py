@@ -17,7 +17,7 @@ import torch
 
 from mtsmart.adversarial.base import (
     LEVEL, AdversarialContext, AdversarialResult, RandomStartMethod, finite_or_zero, mean_norm,
-    perturbed_loss, random_start, require_labels,
+    Terms, perturbed_loss, random_start, require_labels,
 )
 from mtsmart.model import unwrap
 from mtsmart.perturbation import project, steepest_ascent
@@ -25,7 +25,7 @@ from mtsmart.perturbation import project, steepest_ascent
 
 class FreeLB(RandomStartMethod):
     name = "freelb"
-    computes_task_loss = True  # its objective is the mean perturbed loss; there is no clean L(x, y)
+    needs_clean_forward = False  # its task loss is the mean perturbed loss; there is no clean L(x, y)
     extra_backward = True  # one backward per ascent step
     scalars = ("loss", "delta_norm", "embed_norm", "skipped")
 
@@ -48,7 +48,7 @@ class FreeLB(RandomStartMethod):
             # embedding matrix must get the gradient of every step (as FreeLB's code does).
             x = unwrap(ctx.model).word_embeddings(ctx.batch.input_ids)
             loss = perturbed_loss(ctx, x + delta, labels)
-            ctx.backward(loss / self.steps)
+            ctx.backward(Terms(task_loss=loss / self.steps))
             losses.append(float(loss.detach()))
             if step < self.steps - 1:  # δ_K would never be used
                 grad, bad = finite_or_zero(delta.grad)
@@ -58,7 +58,7 @@ class FreeLB(RandomStartMethod):
                     self.epsilon, self.norm, LEVEL, ctx.mask,
                 )
         return AdversarialResult(
-            loss=ctx.loss,  # e.g. the Bregman term, still to be back-propagated by the loop
+            terms=Terms(bregman=ctx.clean.bregman),  # the task loss is back-propagated already
             scalars={"loss": sum(losses) / len(losses), "delta_norm": mean_norm(delta, self.norm),
                      "embed_norm": mean_norm(ctx.embeds, self.norm), "skipped": float(skipped)},
         )

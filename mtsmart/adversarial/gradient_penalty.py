@@ -8,7 +8,7 @@ is over all of ∇_x L (N, T, H). Since ∇_{x_i} L = ∇_{x_i} ℓ_i / n, the p
 ½ ε · 1/n² Σ_i ‖∇_{x_i} ℓ_i‖²: for the same per-example gradients it shrinks as 1/n with the
 batch size n, so an ε tuned at one batch size should be scaled with n at another.
 
-The method makes the forward of L itself (`computes_task_loss`): PyTorch's fused attention
+The method makes the forward of L itself (`needs_clean_forward = False`): PyTorch's fused attention
 kernels (flash / memory-efficient SDPA) have no double backward, so that forward runs with the
 math SDPA backend. Cost: 1 forward, 1 input backward with create_graph, 1 double backward.
 """
@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from mtsmart.adversarial.base import (
-    AdversarialContext, AdversarialMethod, AdversarialResult, add, perturbed_loss, require_labels,
+    AdversarialContext, AdversarialMethod, AdversarialResult, Terms, perturbed_loss, require_labels,
 )
 
 
@@ -30,7 +30,7 @@ def gradient_penalty(grad: Tensor, epsilon: float, mask: Tensor) -> Tensor:
 
 class GradientPenalty(AdversarialMethod):
     name = "gradient_penalty"
-    computes_task_loss = True  # in a double-differentiable forward of its own
+    needs_clean_forward = False  # it computes L in a double-differentiable forward of its own
     scalars = ("loss", "task_loss", "input_grad_norm")
 
     def __init__(self, epsilon: float, weight: float):
@@ -46,7 +46,7 @@ class GradientPenalty(AdversarialMethod):
         (grad,) = torch.autograd.grad(task_loss, ctx.embeds, create_graph=True)
         penalty = gradient_penalty(grad, self.epsilon, ctx.mask)
         return AdversarialResult(
-            loss=add(ctx.loss, task_loss + self.weight * penalty),
+            terms=Terms(task_loss=task_loss, bregman=ctx.clean.bregman, regulariser=self.weight * penalty),
             scalars={"loss": float(penalty.detach()), "task_loss": float(task_loss.detach()),
                      "input_grad_norm": float(grad.detach().float().norm())},
         )

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from mtsmart.adversarial.base import (
-    AdversarialContext, AdversarialMethod, AdversarialResult, finite_or_zero, require_labels,
+    AdversarialContext, AdversarialMethod, AdversarialResult, Terms, finite_or_zero, require_labels,
 )
 from mtsmart.model import task_output, unwrap
 from mtsmart.perturbation import project, steepest_ascent, unit_norm
@@ -56,16 +56,16 @@ def rank_mean(grad: Tensor) -> Tensor:
     return grad
 
 
-def backward_capturing(backward: Callable[[Tensor], None], loss: Tensor, param: nn.Parameter) -> Tensor:
-    """Back-propagates `loss` with the loop's `backward`; returns this backward's gradient of `param`."""
+def backward_capturing(backward: Callable[[Terms], None], terms: Terms, param: nn.Parameter) -> Tensor:
+    """Back-propagates `terms` with the objective's `backward`; returns this backward's gradient of `param`."""
     captured: list[Tensor] = []
     handle = param.register_hook(lambda grad: captured.append(grad.detach().clone()))
     try:
-        backward(loss)
+        backward(terms)
     finally:
         handle.remove()
     if not captured:
-        raise ValueError("adversarial.scope=matrix: the loss does not depend on the word-embedding matrix")
+        raise ValueError("scope=matrix: the loss does not depend on the word-embedding matrix")
     return captured[0]
 
 
@@ -81,12 +81,12 @@ class MatrixAttack(AdversarialMethod):
 
     def __call__(self, ctx: AdversarialContext) -> AdversarialResult:
         labels = require_labels(ctx, self.name)
-        if ctx.loss is None:
-            raise ValueError(f"adversarial.method={self.name} with scope=matrix needs the loop's clean loss")
+        if ctx.task_loss is None:
+            raise ValueError(f"adversarial.method={self.name} with scope=matrix needs the clean task loss")
         weight = unwrap(ctx.model).encoder.get_input_embeddings().weight
         if not weight.requires_grad:
-            raise ValueError("adversarial.scope=matrix needs a trainable word-embedding matrix")
-        grad = rank_mean(backward_capturing(ctx.backward, ctx.loss, weight))
+            raise ValueError("scope=matrix needs a trainable word-embedding matrix")
+        grad = rank_mean(backward_capturing(ctx.backward, ctx.clean, weight))
         backup = weight.detach().clone()  # W₀
         r = torch.zeros_like(backup)
         skipped = 0
@@ -104,12 +104,12 @@ class MatrixAttack(AdversarialMethod):
                     (grad,) = torch.autograd.grad(adv_loss, weight)
                     grad = rank_mean(grad)
                 else:
-                    ctx.backward(self.weight * adv_loss)
+                    ctx.backward(Terms(regulariser=self.weight * adv_loss))
         finally:
             with torch.no_grad():
                 weight.copy_(backup)
         return AdversarialResult(
-            loss=None,  # clean and adversarial losses are both back-propagated already
+            terms=Terms(),  # clean and adversarial terms are both back-propagated already
             scalars={"loss": float(adv_loss.detach()), "delta_norm": float(unit_norm(r.unsqueeze(0), self.norm, _UNIT)),
                      "skipped": float(skipped)},
         )

@@ -1,6 +1,6 @@
 """R3F (Aghajanyan et al., ICLR 2021): L + λ · ℓs(f(x + r), f(x)), r random, no ascent.
 
-r ~ N(0, σ²) or U(−σ, σ) per coordinate (σ = `adversarial.init_scale`), zero at padding; ℓs is the task type's divergence
+r ~ N(0, σ²) or U(−σ, σ) per coordinate (σ = `r3f.init_scale`), zero at padding; ℓs is the task type's divergence
 (symmetric KL for classification and ranking, squared error for regression), with gradients
 through both outputs as in R3F's code. Label-free: one extra forward, no extra backward.
 """
@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 
 from mtsmart.adversarial.base import (
-    AdversarialContext, AdversarialResult, RandomStartMethod, add, mean_norm, random_start,
+    AdversarialContext, AdversarialResult, RandomStartMethod, mean_norm, random_start, with_regulariser,
 )
 from mtsmart.divergence import get_divergence
 from mtsmart.model import task_output
@@ -32,7 +32,7 @@ class R3F(RandomStartMethod):
         noisy_output = task_output(ctx.model, ctx.batch, inputs_embeds=ctx.embeds + noise)
         divergence = get_divergence(ctx.task_type.default_divergence)(noisy_output, ctx.clean_output)
         return AdversarialResult(
-            loss=add(ctx.loss, self.weight * divergence),
+            terms=with_regulariser(ctx, self.weight * divergence),
             scalars={"loss": float(divergence.detach()), "delta_norm": mean_norm(noise, "l2"),
                      "embed_norm": mean_norm(ctx.embeds, "l2")},
         )

@@ -7,13 +7,13 @@ ran it (independent dropout masks in every pass) is largely this dropout-consist
 
 f₁ is the loop's clean forward, f₂ a second forward of the same x with fresh dropout masks (the
 random state has moved on). The task loss is averaged over the two passes, as R-Drop's code
-does, so the learning rate means what it means for plain fine-tuning. α = `adversarial.weight`
+does, so the learning rate means what it means for plain fine-tuning. α = `rdrop.alpha`
 (the paper: 0.1–1 on GLUE, 1 by default here). One extra forward, no extra backward.
 """
 from __future__ import annotations
 
 from mtsmart.adversarial.base import (
-    AdversarialContext, AdversarialMethod, AdversarialResult, require_clean, require_labels,
+    AdversarialContext, AdversarialMethod, AdversarialResult, Terms, require_clean, require_labels,
 )
 from mtsmart.divergence import get_divergence
 from mtsmart.model import task_output
@@ -32,8 +32,8 @@ class RDrop(AdversarialMethod):
     name = "rdrop"
     scalars = ("loss",)  # the two passes' disagreement
 
-    def __init__(self, weight: float):
-        self.weight = weight  # α
+    def __init__(self, alpha: float):
+        self.weight = alpha  # α
 
     def __call__(self, ctx: AdversarialContext) -> AdversarialResult:
         first, first_loss = require_clean(ctx, self.name)
@@ -41,6 +41,6 @@ class RDrop(AdversarialMethod):
         second = task_output(ctx.model, ctx.batch, inputs_embeds=ctx.embeds)  # new dropout masks
         second_loss = ctx.task_type.loss(second, labels)
         consistency = rdrop_consistency(first, second, ctx.task_type.default_divergence)
-        # ctx.loss already holds L(f₁) (plus e.g. the Bregman term): move it to the two-pass mean.
-        loss = ctx.loss + 0.5 * (second_loss - first_loss) + self.weight * consistency
-        return AdversarialResult(loss=loss, scalars={"loss": float(consistency.detach())})
+        terms = Terms(task_loss=0.5 * (first_loss + second_loss), bregman=ctx.clean.bregman,
+                      regulariser=self.weight * consistency)  # the two passes' mean replaces L(f₁)
+        return AdversarialResult(terms=terms, scalars={"loss": float(consistency.detach())})

@@ -1,17 +1,21 @@
-"""The one place that maps `adversarial.method` names to the methods that implement them.
+"""The one place that maps a method's options to the method that implements them.
 
 Above the method modules (they import `base`, this imports them), so there is no import circle
-and nothing outside `mtsmart/adversarial/` needs a method's name.
+and nothing outside `mtsmart/adversarial/` needs a method's name. The options' class says which
+method: `SmartConfig` is SMART's Rs, `FGMConfig` FGM, ..., None plain fine-tuning; the run's
+config chooses by `adversarial.method` (`Config.regulariser_options`).
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 
 from mtsmart.adversarial.ascent import FGM, PGD
 from mtsmart.adversarial.base import AdversarialMethod, NoAdversary
-from mtsmart.adversarial.config import AdversarialConfig
+from mtsmart.adversarial.config import (
+    FGMConfig, FGSMConfig, FreeLBConfig, GradientPenaltyConfig, PGDConfig, R3FConfig, RDropConfig,
+)
 from mtsmart.adversarial.freelb import FreeLB
 from mtsmart.adversarial.gradient_penalty import GradientPenalty
 from mtsmart.adversarial.matrix import MatrixAttack
@@ -21,55 +25,62 @@ from mtsmart.adversarial.smart_method import SmartRegularizer
 from mtsmart.smart_config import SmartConfig
 from mtsmart.task_types import TaskType
 
-Builder = Callable[[AdversarialConfig, SmartConfig, Optional[torch.Generator]], AdversarialMethod]
+Builder = Callable[[Any, Optional[torch.Generator]], AdversarialMethod]
 
 
-def _fgm(adv: AdversarialConfig, smart: SmartConfig, generator: Optional[torch.Generator]) -> AdversarialMethod:
-    """fgsm and fgm: one step of size ε (fgsm is the inf-norm sign step), on x or on the matrix."""
-    if adv.scope == "matrix":
-        return MatrixAttack(step_size=adv.epsilon, steps=1, norm=adv.resolved_norm, radius=None, weight=adv.weight, name=adv.method)
-    return FGM(epsilon=adv.epsilon, norm=adv.resolved_norm, weight=adv.weight, name=adv.method)
+def _fgsm(opt: FGSMConfig, generator: Optional[torch.Generator]) -> AdversarialMethod:
+    """The sign step of size ε: FGM under the inf norm, on x or on the matrix."""
+    if opt.scope == "matrix":
+        return MatrixAttack(step_size=opt.epsilon, steps=1, norm="inf", radius=None, weight=opt.weight, name="fgsm")
+    return FGM(epsilon=opt.epsilon, norm="inf", weight=opt.weight, name="fgsm")
 
 
-def _pgd(adv: AdversarialConfig, smart: SmartConfig, generator: Optional[torch.Generator]) -> AdversarialMethod:
-    if adv.scope == "matrix":
-        return MatrixAttack(
-            step_size=adv.step_size, steps=adv.steps, norm=adv.resolved_norm, radius=adv.epsilon, weight=adv.weight, name="pgd"
-        )
-    return PGD(epsilon=adv.epsilon, step_size=adv.step_size, steps=adv.steps, norm=adv.resolved_norm, weight=adv.weight)
+def _fgm(opt: FGMConfig, generator: Optional[torch.Generator]) -> AdversarialMethod:
+    if opt.scope == "matrix":
+        return MatrixAttack(step_size=opt.epsilon, steps=1, norm=opt.norm, radius=None, weight=opt.weight, name="fgm")
+    return FGM(epsilon=opt.epsilon, norm=opt.norm, weight=opt.weight, name="fgm")
 
 
-BUILDERS: dict[str, Builder] = {
-    "none": lambda adv, smart, generator: NoAdversary(),
-    "smart": lambda adv, smart, generator: SmartRegularizer(smart),
-    "fgsm": _fgm,
-    "fgm": _fgm,
-    "pgd": _pgd,
-    "freelb": lambda adv, smart, generator: FreeLB(
-        epsilon=adv.epsilon, step_size=adv.step_size, steps=adv.steps, norm=adv.resolved_norm,
-        init=adv.init, init_scale=adv.init_scale, generator=generator,
-    ),
-    "gradient_penalty": lambda adv, smart, generator: GradientPenalty(epsilon=adv.epsilon, weight=adv.weight),
-    "r3f": lambda adv, smart, generator: R3F(init=adv.init, init_scale=adv.init_scale, weight=adv.weight, generator=generator),
-    "rdrop": lambda adv, smart, generator: RDrop(weight=adv.weight),
+def _pgd(opt: PGDConfig, generator: Optional[torch.Generator]) -> AdversarialMethod:
+    if opt.scope == "matrix":
+        return MatrixAttack(step_size=opt.step_size, steps=opt.steps, norm=opt.norm, radius=opt.epsilon, weight=opt.weight, name="pgd")
+    return PGD(epsilon=opt.epsilon, step_size=opt.step_size, steps=opt.steps, norm=opt.norm, weight=opt.weight)
+
+
+def _freelb(opt: FreeLBConfig, generator: Optional[torch.Generator]) -> AdversarialMethod:
+    return FreeLB(epsilon=opt.epsilon, step_size=opt.step_size, steps=opt.steps, norm=opt.norm,
+                  init=opt.init, init_scale=opt.init_scale, generator=generator)
+
+
+BUILDERS: dict[Optional[type], Builder] = {
+    type(None): lambda opt, generator: NoAdversary(),
+    SmartConfig: lambda opt, generator: SmartRegularizer(opt),
+    FGSMConfig: _fgsm,
+    FGMConfig: _fgm,
+    PGDConfig: _pgd,
+    FreeLBConfig: _freelb,
+    GradientPenaltyConfig: lambda opt, generator: GradientPenalty(epsilon=opt.epsilon, weight=opt.weight),
+    R3FConfig: lambda opt, generator: R3F(init=opt.init, init_scale=opt.init_scale, weight=opt.weight, generator=generator),
+    RDropConfig: lambda opt, generator: RDrop(alpha=opt.alpha),
 }
 
 
 def build_adversary(
-    adv: AdversarialConfig,
-    smart: SmartConfig,
+    options: Any,
     task_types: Iterable[TaskType],
     generator: Optional[torch.Generator] = None,
 ) -> AdversarialMethod:
-    """The method `adversarial.method` selects (`smart` configures method smart), its options
-    checked against the types of the tasks it will regularise (a divergence a task type cannot
-    use is refused here, before anything is loaded).
+    """The method its options' class names (None: plain fine-tuning), checked against the types of
+    the tasks it will regularise (a divergence a task type cannot use is refused here, before
+    anything is loaded).
 
     `generator` draws the random starts of FreeLB and R3F; None uses torch's global RNG (which the
     loop seeds and checkpoints).
     """
-    if adv.method not in BUILDERS:
-        raise ValueError(f"adversarial.method: unknown method {adv.method!r}; choose one of {sorted(BUILDERS)}")
-    adversary = BUILDERS[adv.method](adv, smart, generator)
+    builder = BUILDERS.get(type(options))
+    if builder is None:
+        raise ValueError(f"no regulariser takes options of type {type(options).__name__}; "
+                         f"give one of {sorted(t.__name__ for t in BUILDERS if t is not type(None))} or None")
+    adversary = builder(options, generator)
     adversary.check_task_types(task_types)
     return adversary

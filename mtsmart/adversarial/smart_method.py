@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 from torch import nn
 
-from mtsmart.adversarial.base import AdversarialContext, AdversarialMethod, AdversarialResult, add
+from mtsmart.adversarial.base import AdversarialContext, AdversarialMethod, AdversarialResult, with_regulariser
 from mtsmart.batch import Batch
 from mtsmart.model import embedding_output_fn, output_fn
 from mtsmart.perturbation import token_mask
@@ -56,7 +56,7 @@ class SmartRegularizer(AdversarialMethod):
             raise ValueError("smart.input=embedding_output needs the embedding output of the loop's clean forward")
         result = self.regularize(ctx.model, ctx.batch, x, ctx.clean_output, ctx.task_type, clean_rng=ctx.clean_rng)
         return AdversarialResult(
-            loss=add(ctx.loss, result.loss),
+            terms=with_regulariser(ctx, result.loss),
             scalars={"loss": float(result.rs), "delta_norm": float(result.delta_norm),
                      "embed_norm": float(result.embed_norm), "skipped": float(result.skipped)},
         )

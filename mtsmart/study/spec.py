@@ -9,7 +9,7 @@
     settings: {sst2_1k: {tasks: [sst2], data: {train_examples: 1000}}}
     variants:
       plain: {adversarial: {method: none}}
-      rdrop: {adversarial: {method: rdrop}, grid: {adversarial.weight: [0.5, 1.0]}}
+      rdrop: {adversarial: {method: rdrop}, grid: {rdrop.alpha: [0.5, 1.0]}}
 
 A run's config is base ← setting ← variant ← grid point ← train.seed, checked by the same
 loader as `mtsmart train`. A variant's grid is searched on the tune seeds only; the point with
