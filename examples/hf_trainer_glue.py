@@ -18,10 +18,10 @@ from datasets import load_dataset
 from scipy.stats import pearsonr
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, TrainingArguments
 
-from mtsmart.bregman_config import BregmanConfig
-from mtsmart.hf import SmartTrainer  # SMART line 1
-from mtsmart.model import resolve_pretrained_path
-from mtsmart.smart_config import SmartConfig
+from mtsmart.options.bregman import BregmanConfig
+from mtsmart.recipes.hf import SmartTrainer  # SMART line 1
+from mtsmart.model.multitask import resolve_pretrained_path
+from mtsmart.options.smart import SmartConfig
 
 TEXT_KEYS = {"rte": ("sentence1", "sentence2"), "mrpc": ("sentence1", "sentence2"), "stsb": ("sentence1", "sentence2"),
              "sst2": ("sentence", None), "cola": ("sentence", None), "qnli": ("question", "sentence")}

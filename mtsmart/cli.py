@@ -1,4 +1,4 @@
-"""`mtsmart <command>`: train, evaluate, predict, export, robustness (mtsmart/commands/)."""
+"""`mtsmart <command>`: train, evaluate, predict, export, robustness (mtsmart/recipes/commands/)."""
 from __future__ import annotations
 
 import argparse
@@ -6,15 +6,15 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from mtsmart.checkpoint import CheckpointError
-from mtsmart.config import ConfigError, load_config
+from mtsmart.components.checkpoint import CheckpointError
+from mtsmart.options.config import ConfigError, load_config
 from mtsmart.data.readers import DataError
-from mtsmart.io import OutputDirError
-from mtsmart.model import ModelSourceError
-from mtsmart.progress import final_summary
-from mtsmart.run_dir import RunDirError
-from mtsmart.study.spec import StudyError
-from mtsmart.task_spec import TaskSpecError
+from mtsmart.support.io import OutputDirError
+from mtsmart.model.multitask import ModelSourceError
+from mtsmart.components.progress import final_summary
+from mtsmart.components.run_dir import RunDirError
+from mtsmart.recipes.study.spec import StudyError
+from mtsmart.tasks.spec import TaskSpecError
 
 USER_ERRORS = (CheckpointError, DataError, TaskSpecError, RunDirError, StudyError, ModelSourceError, OutputDirError, FloatingPointError)
 
@@ -40,8 +40,8 @@ Continue an interrupted run with train.resume=auto and the same output_dir.
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mtsmart.distributed import world_from_env
-    from mtsmart.train import train
+    from mtsmart.components.distributed import world_from_env
+    from mtsmart.recipes.train import train
 
     config_path, overrides = split_config_and_overrides(args.rest)
     cfg = load_config(config_path, overrides)
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("rest", nargs=argparse.REMAINDER, help="a config file, then dotted key=value overrides")
     train.set_defaults(handler=cmd_train)
-    from mtsmart.commands import COMMANDS
+    from mtsmart.recipes.commands import COMMANDS
 
     for command in COMMANDS:
         command.add_parser(commands)

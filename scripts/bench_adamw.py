@@ -20,8 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
 
-from mtsmart import build  # noqa: E402
-from mtsmart.config import load_config  # noqa: E402
+from mtsmart.components import build  # noqa: E402
+from mtsmart.options.config import load_config  # noqa: E402
 
 
 def unfused(optimizer: torch.optim.AdamW) -> torch.optim.AdamW:

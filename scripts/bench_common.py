@@ -91,7 +91,7 @@ class Measurement:
 @dataclass
 class StepClock:
     """Per-step batch sizes, padded tokens, and wall and CPU times at the end of each step of one run
-    (the same columns as `mtsmart train`'s step_times.tsv, mtsmart.step_times)."""
+    (the same columns as `mtsmart train`'s step_times.tsv, mtsmart.components.step_times)."""
 
     warmup: int
     cpu_clock: bool = True
@@ -119,7 +119,7 @@ class StepClock:
 
     @classmethod
     def from_rows(cls, rows: list[dict[str, float]], warmup: int, cpu_clock: bool) -> "StepClock":
-        """The clock of a run's step_times.tsv rows (mtsmart.step_times.read_step_times)."""
+        """The clock of a run's step_times.tsv rows (mtsmart.components.step_times.read_step_times)."""
         return cls(warmup, cpu_clock, [int(r["examples"]) for r in rows], [int(r["tokens"]) for r in rows],
                    [r["wall_s"] for r in rows], [r["cpu_s"] for r in rows])
 

@@ -55,12 +55,12 @@ def measure(model_name: str, batch: int, seq: int, overrides: list[str]) -> dict
     """One variant, in this process: memory of the second training step."""
     import torch
 
-    from mtsmart import build
-    from mtsmart.adversarial.registry import build_adversary
-    from mtsmart.batch import Batch
-    from mtsmart.config import load_config
-    from mtsmart.step import Objective
-    from mtsmart.task_types import task_types_of
+    from mtsmart.components import build
+    from mtsmart.regularisers.registry import build_adversary
+    from mtsmart.tasks.batch import Batch
+    from mtsmart.options.config import load_config
+    from mtsmart.step.objective import Objective
+    from mtsmart.tasks.types import task_types_of
 
     cfg = load_config(None, [f"model.name_or_path={model_name}", "tasks=[rte]", *overrides])
     device = build.device_of()

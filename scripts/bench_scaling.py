@@ -3,8 +3,8 @@
     python scripts/bench_scaling.py            # packaged MiniLM, shapes 16×64 … 32×128
     python scripts/bench_scaling.py --quick    # tiny random BERT, two small shapes
 
-One optimizer step = mtsmart.step.Objective + clipping + the Bregman-wrapped AdamW step,
-on components built by mtsmart.build from the same config overrides `mtsmart train` takes. The
+One optimizer step = mtsmart.step.objective.Objective + clipping + the Bregman-wrapped AdamW step,
+on components built by mtsmart.components.build from the same config overrides `mtsmart train` takes. The
 batches have no padding, so every one of the B × T positions costs what a real token costs.
 Plain and SMART alternate at each repeat; medians are printed, after one warm-up step.
 """
@@ -24,12 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a sourc
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_common import NUM_LABELS, TASK, Setting, add_setting_arguments, setting_from  # noqa: E402
-from mtsmart import build  # noqa: E402
-from mtsmart.adversarial.registry import build_adversary  # noqa: E402
-from mtsmart.batch import Batch  # noqa: E402
-from mtsmart.config import load_config  # noqa: E402
-from mtsmart.step import Objective  # noqa: E402
-from mtsmart.task_types import task_types_of  # noqa: E402
+from mtsmart.components import build  # noqa: E402
+from mtsmart.regularisers.registry import build_adversary  # noqa: E402
+from mtsmart.tasks.batch import Batch  # noqa: E402
+from mtsmart.options.config import load_config  # noqa: E402
+from mtsmart.step.objective import Objective  # noqa: E402
+from mtsmart.tasks.types import task_types_of  # noqa: E402
 
 PLAIN = ["adversarial.method=none", "bregman.mu=0"]
 SMART = ["adversarial.method=smart", "smart.steps=1", "bregman.mu=0"]

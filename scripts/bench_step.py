@@ -14,7 +14,7 @@ Two suites, timed in the same interleaved rounds unless --only picks one:
 
 - smart: plain fine-tuning and SMART K=1/K=2 against SMART's op-count floor (below) and
   smart-pytorch's SMARTLoss;
-- methods: each method of mtsmart.adversarial (--methods, default all) and plain fine-tuning
+- methods: each method of mtsmart.regularisers (--methods, default all) and plain fine-tuning
   (method none), each step through the training loop's own `Objective` with
   `build_adversary(<the method's options>, task types)`, a BregmanProximal with
   mu = 0 and AdamW; reported as time and ratio to plain, beside the passes each method makes.
@@ -50,26 +50,26 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
 
-from mtsmart.adversarial.registry import build_adversary  # noqa: E402
-from mtsmart.task_types import task_types_of  # noqa: E402
-from mtsmart.adversarial.config import (  # noqa: E402
+from mtsmart.regularisers.registry import build_adversary  # noqa: E402
+from mtsmart.tasks.types import task_types_of  # noqa: E402
+from mtsmart.options.regularisers import (  # noqa: E402
     FGMConfig, FGSMConfig, FreeLBConfig, GradientPenaltyConfig, PGDConfig, R3FConfig, RDropConfig,
 )
-from mtsmart.allocator import keep_freed_memory  # noqa: E402
-from mtsmart.batch import Batch  # noqa: E402
-from mtsmart.adversarial.smart_method import SmartRegularizer  # noqa: E402
-from mtsmart.bregman import BregmanProximal  # noqa: E402
-from mtsmart.bregman_config import BregmanConfig  # noqa: E402
-from mtsmart.divergence import symmetric_kl  # noqa: E402
-from mtsmart import build  # noqa: E402
-from mtsmart.config import load_config  # noqa: E402
-from mtsmart.model import MultiTaskModel, output_fn, task_output  # noqa: E402
-from mtsmart.perturbation import token_mask  # noqa: E402
-from mtsmart.rng import snapshot  # noqa: E402
-from mtsmart.smart_config import SmartConfig  # noqa: E402
-from mtsmart.task_spec import TaskSpec  # noqa: E402
-from mtsmart.step import Objective  # noqa: E402
-from mtsmart.task_types import TASK_TYPES  # noqa: E402
+from mtsmart.support.allocator import keep_freed_memory  # noqa: E402
+from mtsmart.tasks.batch import Batch  # noqa: E402
+from mtsmart.regularisers.smart_method import SmartRegularizer  # noqa: E402
+from mtsmart.regularisers.bregman import BregmanProximal  # noqa: E402
+from mtsmart.options.bregman import BregmanConfig  # noqa: E402
+from mtsmart.arithmetic.divergence import symmetric_kl  # noqa: E402
+from mtsmart.components import build  # noqa: E402
+from mtsmart.options.config import load_config  # noqa: E402
+from mtsmart.model.multitask import MultiTaskModel, output_fn, task_output  # noqa: E402
+from mtsmart.arithmetic.perturbation import token_mask  # noqa: E402
+from mtsmart.arithmetic.rng import snapshot  # noqa: E402
+from mtsmart.options.smart import SmartConfig  # noqa: E402
+from mtsmart.tasks.spec import TaskSpec  # noqa: E402
+from mtsmart.step.objective import Objective  # noqa: E402
+from mtsmart.tasks.types import TASK_TYPES  # noqa: E402
 
 TASK = "bench"
 SPEC = TaskSpec(name=TASK, type="classification", metrics=("accuracy",), labels=("a", "b", "c"))
@@ -106,7 +106,7 @@ def parse_args() -> argparse.Namespace:
                              "the work a step does, whatever else the machine runs")
     parser.add_argument("--glibc-malloc-defaults", action="store_true",
                         help="leave glibc's malloc as it is; by default the script keeps freed memory "
-                             "as the trainer does (train.keep_freed_memory, mtsmart/allocator.py)")
+                             "as the trainer does (train.keep_freed_memory, mtsmart/support/allocator.py)")
     parser.add_argument("--precision", choices=("fp32", "bf16", "both"), default="fp32",
                         help="autocast of every variant; both: each variant in fp32 and bf16, interleaved in the "
                              "same rounds, reported per precision and as bf16/fp32 speed-ups")
@@ -135,7 +135,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def build_model_and_batch(args: argparse.Namespace) -> tuple[MultiTaskModel, Batch]:
-    """The model `mtsmart train` would build (mtsmart.build) with one 3-class head, and a fixed batch."""
+    """The model `mtsmart train` would build (mtsmart.components.build) with one 3-class head, and a fixed batch."""
     torch.manual_seed(0)
     overrides = ["model.name_or_path=tiny", "model.tiny_hidden_size=32"] if args.quick else ["model.name_or_path=minilm"]
     cfg = load_config(None, overrides)

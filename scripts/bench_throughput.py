@@ -12,7 +12,7 @@ steps:
                           train.record_step_times=true: the loop's own step clock (step_times.tsv)
   Trainer ...             transformers.Trainer, AutoModelForSequenceClassification (num_labels=2),
                           DataCollatorWithPadding (dynamic padding), default optimizer (fused AdamW)
-  Trainer + mtsmart.hf    the same Trainer as mtsmart.hf.SmartTrainer: SMART's Rs (paper values, K = 1, no teacher)
+  Trainer + mtsmart.recipes.hf    the same Trainer as mtsmart.recipes.hf.SmartTrainer: SMART's Rs (paper values, K = 1, no teacher)
                           by mtsmart's own training step (docs/hf_trainer.md)
   Trainer + SMARTLoss     the same, with smart-pytorch 0.0.4's SMARTLoss added in compute_loss as its
                           README wraps a BERT classifier, but fed the word-embedding output x as
@@ -46,12 +46,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a sourc
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_common import NUM_LABELS, TASK, TINY, Measurement, Setting, StepClock, add_setting_arguments, setting_from  # noqa: E402
-from mtsmart.config import load_config  # noqa: E402
+from mtsmart.options.config import load_config  # noqa: E402
 from mtsmart.data.loader import epoch_batches  # noqa: E402
 from mtsmart.data.readers import read_split  # noqa: E402
-from mtsmart.model import load_tokenizer, resolve_pretrained_path, tiny_bert_config  # noqa: E402
-from mtsmart.step_times import read_step_times  # noqa: E402
-from mtsmart.task_spec import load_task_spec  # noqa: E402
+from mtsmart.model.multitask import load_tokenizer, resolve_pretrained_path, tiny_bert_config  # noqa: E402
+from mtsmart.components.step_times import read_step_times  # noqa: E402
+from mtsmart.tasks.spec import load_task_spec  # noqa: E402
 
 README_SMART_WEIGHT = 0.02  # the weight smart-pytorch's README-derived classifiers use (cost does not depend on it)
 
@@ -97,7 +97,7 @@ def hf_model(setting: Setting, vocab_size: int):
 
 
 def hf_trainer_classes(clock_of: Callable[[], StepClock]):
-    """({kind: Trainer class}: plain, with SMARTLoss, mtsmart.hf's SmartTrainer; the callback that stamps steps)."""
+    """({kind: Trainer class}: plain, with SMARTLoss, mtsmart.recipes.hf's SmartTrainer; the callback that stamps steps)."""
     import torch.nn.functional as F
     from transformers import Trainer as HFTrainer, TrainerCallback
 
@@ -132,12 +132,12 @@ def hf_trainer_classes(clock_of: Callable[[], StepClock]):
                 loss = F.cross_entropy(state.float(), inputs["labels"]) + README_SMART_WEIGHT * smart(embed, state)
             return (loss, state) if return_outputs else loss
 
-    from mtsmart.bregman_config import BregmanConfig
-    from mtsmart.hf import SmartTrainer
-    from mtsmart.smart_config import SmartConfig
+    from mtsmart.options.bregman import BregmanConfig
+    from mtsmart.recipes.hf import SmartTrainer
+    from mtsmart.options.smart import SmartConfig
 
     class MtsmartHfTrainer(SmartTrainer):
-        """mtsmart.hf.SmartTrainer with SMART's Rs at the paper's values, no teacher (as SMARTLoss)."""
+        """mtsmart.recipes.hf.SmartTrainer with SMART's Rs at the paper's values, no teacher (as SMARTLoss)."""
 
         def __init__(self, **kwargs):
             super().__init__(**kwargs, regulariser=SmartConfig(steps=1), bregman=BregmanConfig(mu=0.0))
@@ -150,11 +150,11 @@ def hf_trainer_classes(clock_of: Callable[[], StepClock]):
         def on_step_end(self, args, state, control, **kwargs):
             clock_of().step_end()
 
-    return {"plain": CountingTrainer, "smartloss": SmartLossTrainer, "mtsmart.hf": MtsmartHfTrainer}, StepStamps
+    return {"plain": CountingTrainer, "smartloss": SmartLossTrainer, "mtsmart.recipes.hf": MtsmartHfTrainer}, StepStamps
 
 
 def run_hf(setting: Setting, seed: int, kind: str, group_by_length: bool, tokenizer, dataset: list[dict]) -> Measurement:
-    """One Trainer run; kind: plain, smartloss (smart-pytorch) or mtsmart.hf (SmartTrainer)."""
+    """One Trainer run; kind: plain, smartloss (smart-pytorch) or mtsmart.recipes.hf (SmartTrainer)."""
     import transformers
     from transformers import DataCollatorWithPadding, PrinterCallback, TrainingArguments
 
@@ -263,8 +263,8 @@ def contenders(setting: Setting, like_for_like: bool) -> dict[str, Contender]:
             runs["Trainer + SMARTLoss, group_by_length"] = Contender(
                 lambda seed: run_hf(setting, seed, "smartloss", True, tokenizer, dataset), "Trainer grouped")
     if has_trainer:
-        runs["Trainer + mtsmart.hf"] = Contender(
-            lambda seed: run_hf(setting, seed, "mtsmart.hf", False, tokenizer, dataset), "Trainer random")
+        runs["Trainer + mtsmart.recipes.hf"] = Contender(
+            lambda seed: run_hf(setting, seed, "mtsmart.recipes.hf", False, tokenizer, dataset), "Trainer random")
     runs["mtsmart full SMART"] = Contender(lambda seed: run_mtsmart(setting, seed, FULL + GROUPED), "mtsmart grouped")
     return runs
 
@@ -291,7 +291,7 @@ RATIOS = (  # (faster, slower, note): examples/s of the first over the second
     ("mtsmart SMART", "Trainer + SMARTLoss", "target >= 1.2"),
     ("mtsmart SMART, random batches", "Trainer + SMARTLoss", "like for like: both random batches"),
     ("mtsmart SMART", "Trainer + SMARTLoss, group_by_length", "like for like: both grouped"),
-    ("Trainer + mtsmart.hf", "Trainer + SMARTLoss", "like for like: the same Trainer, batches and precision"),
+    ("Trainer + mtsmart.recipes.hf", "Trainer + SMARTLoss", "like for like: the same Trainer, batches and precision"),
     ("mtsmart plain", "mtsmart SMART", "= SMART step time / plain step time"),
     ("mtsmart plain", "mtsmart full SMART", "= full SMART step time / plain step time, target <= 3.2"),
 )

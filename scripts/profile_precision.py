@@ -5,8 +5,8 @@ by operator, side by side, for one plain (or SMART) step of the packaged MiniLM.
     python scripts/profile_precision.py --method smart       # SMART's Rs (K = 1) on top
     python scripts/profile_precision.py --quick              # tiny random BERT (smoke run)
 
-The step is mtsmart's own (mtsmart.step.Objective + clipping + fused AdamW) on components
-built by mtsmart.build; after --warmup untimed steps in each precision, --repeats profiled steps
+The step is mtsmart's own (mtsmart.step.objective.Objective + clipping + fused AdamW) on components
+built by mtsmart.components.build; after --warmup untimed steps in each precision, --repeats profiled steps
 per precision are summed. Printed: each operator's self CPU time in both precisions and its
 speed-up, the largest first, and each precision's total — what bf16 speeds up and what it does
 not (docs/performance.md).
@@ -22,12 +22,12 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
 
-from mtsmart import build  # noqa: E402
-from mtsmart.adversarial.registry import build_adversary  # noqa: E402
-from mtsmart.batch import Batch  # noqa: E402
-from mtsmart.config import load_config  # noqa: E402
-from mtsmart.step import Objective  # noqa: E402
-from mtsmart.task_types import task_types_of  # noqa: E402
+from mtsmart.components import build  # noqa: E402
+from mtsmart.regularisers.registry import build_adversary  # noqa: E402
+from mtsmart.tasks.batch import Batch  # noqa: E402
+from mtsmart.options.config import load_config  # noqa: E402
+from mtsmart.step.objective import Objective  # noqa: E402
+from mtsmart.tasks.types import task_types_of  # noqa: E402
 
 
 def self_times(step, repeats: int) -> dict[str, float]:

@@ -15,9 +15,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from mtsmart.study.report import report_values  # noqa: E402
-from mtsmart.study.results import summarise  # noqa: E402
-from mtsmart.study.spec import Job, load_study  # noqa: E402
+from mtsmart.recipes.study.report import report_values  # noqa: E402
+from mtsmart.recipes.study.results import summarise  # noqa: E402
+from mtsmart.recipes.study.spec import Job, load_study  # noqa: E402
 
 
 def final_task_loss(run: Path, task: str) -> float:

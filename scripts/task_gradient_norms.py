@@ -18,10 +18,10 @@ import torch
 from mtsmart.data.encoding import encode_split
 from mtsmart.data.loader import TaskLoader
 from mtsmart.data.readers import read_split
-from mtsmart import build
-from mtsmart.model import MultiTaskModel, task_output
-from mtsmart.run_dir import load_run
-from mtsmart.task_types import task_type_of
+from mtsmart.components import build
+from mtsmart.model.multitask import MultiTaskModel, task_output
+from mtsmart.components.run_dir import load_run
+from mtsmart.tasks.types import task_type_of
 
 
 def encoder_gradient_norms(model: MultiTaskModel, batches: dict[str, list]) -> dict[str, float]:

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from mtsmart.cli import main
-from mtsmart.model import MultiTaskModel, load_encoder, load_tokenizer
-from mtsmart.task_spec import TaskSpec
+from mtsmart.model.multitask import MultiTaskModel, load_encoder, load_tokenizer
+from mtsmart.tasks.spec import TaskSpec
 
 # Training subprocesses of the tests run tiny models: one intra-op thread each is several times
 # faster than two threads contending for the same two cores.

@@ -14,21 +14,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtsmart.adversarial.base import AdversarialContext
-from mtsmart.adversarial.base import Terms
-from mtsmart.adversarial.config import AdversarialConfig, PGDConfig, method_options_classes
-from mtsmart.adversarial.registry import build_adversary
-from mtsmart.adversarial.base import AdversarialMethod
-from mtsmart.adversarial.freelb import FreeLB
-from mtsmart.adversarial.r3f import R3F
-from mtsmart.batch import Batch
-from mtsmart.divergence import squared_error, symmetric_kl
-from mtsmart.model import MultiTaskModel, load_encoder, task_output
-from mtsmart.perturbation import token_mask
-from mtsmart.adversarial.smart_method import SmartRegularizer
-from mtsmart.smart_config import SmartConfig
-from mtsmart.task_spec import TaskSpec
-from mtsmart.task_types import TASK_TYPES
+from mtsmart.regularisers.base import AdversarialContext
+from mtsmart.regularisers.base import Terms
+from mtsmart.options.regularisers import AdversarialConfig, PGDConfig, method_options_classes
+from mtsmart.regularisers.registry import build_adversary
+from mtsmart.regularisers.base import AdversarialMethod
+from mtsmart.regularisers.freelb import FreeLB
+from mtsmart.regularisers.r3f import R3F
+from mtsmart.tasks.batch import Batch
+from mtsmart.arithmetic.divergence import squared_error, symmetric_kl
+from mtsmart.model.multitask import MultiTaskModel, load_encoder, task_output
+from mtsmart.arithmetic.perturbation import token_mask
+from mtsmart.regularisers.smart_method import SmartRegularizer
+from mtsmart.options.smart import SmartConfig
+from mtsmart.tasks.spec import TaskSpec
+from mtsmart.tasks.types import TASK_TYPES
 
 VOCAB = 40
 SPECS = {

@@ -12,7 +12,7 @@ import pytest
 PROBE = """
 import resource, sys, torch
 if sys.argv[1] == "keep":
-    from mtsmart.allocator import keep_freed_memory
+    from mtsmart.support.allocator import keep_freed_memory
     assert keep_freed_memory()
 def round_():
     tensors = [torch.ones(2 << 20) for _ in range(40)]  # 2 Mi floats = 8 MiB each

@@ -1,5 +1,6 @@
-"""Where knowledge lives (docs/architecture.md): no import circle, the recipe imported by the CLI
-alone, method names only inside the methods and the config, old config names refused."""
+"""Where knowledge lives (docs/architecture.md): the package's layers and the imports allowed
+between them, no import circle, the recipe imported by the CLI alone, method names only inside the
+methods and the options, old config names refused."""
 from __future__ import annotations
 
 import ast
@@ -10,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mtsmart.adversarial.config import METHODS, method_options_classes
-from mtsmart.adversarial.registry import BUILDERS
-from mtsmart.config import ConfigError, load_config, renamed_to_current
+from mtsmart.options.regularisers import METHODS, method_options_classes
+from mtsmart.regularisers.registry import BUILDERS
+from mtsmart.options.config import ConfigError, load_config, renamed_to_current
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "mtsmart"
@@ -77,6 +78,51 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str]:
     return []
 
 
+# The layers of docs/architecture.md, bottom up: a module may import its own layer and the layers
+# below it, never one above. The package root holds the entry points (`cli`, `__main__`) and the
+# version (`mtsmart`), which any layer may read.
+LAYERS = ["support", "options", "arithmetic", "tasks", "data", "model", "regularisers", "step", "components", "recipes"]
+ROOT_MODULES = {"mtsmart", "mtsmart.cli", "mtsmart.__main__"}
+
+
+def layer_of(module: str) -> int | None:
+    """The layer's rank of a module of the package, or None for the root's entry points."""
+    if module in ROOT_MODULES:
+        return None
+    return LAYERS.index(module.split(".")[1])
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    """`importer -> imported` for every import of a higher layer, or of the command line."""
+    found = []
+    for importer, imported in graph.items():
+        rank = layer_of(importer)
+        for target in imported:
+            if target in ("mtsmart.cli", "mtsmart.__main__") and importer != "mtsmart.__main__":
+                found.append(f"{importer} -> {target}")
+            elif rank is not None and layer_of(target) is not None and layer_of(target) > rank:
+                found.append(f"{importer} -> {target}")
+    return sorted(found)
+
+
+def test_ls_mtsmart_shows_the_layers():
+    folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    modules = {p.name for p in PACKAGE.glob("*.py")}
+    assert folders == set(LAYERS)
+    assert modules == {"__init__.py", "__main__.py", "cli.py"}
+    assert all((PACKAGE / layer / "__init__.py").is_file() for layer in LAYERS)
+
+
+def test_no_layer_imports_a_layer_above_it():
+    assert layer_violations(import_graph(PACKAGE)) == []
+
+
+def test_the_layer_rule_finds_an_upward_import():
+    graph = {"mtsmart.options.config": {"mtsmart.model.multitask"}, "mtsmart.recipes.train": {"mtsmart.options.config"},
+             "mtsmart.components.build": {"mtsmart.cli"}}
+    assert layer_violations(graph) == ["mtsmart.components.build -> mtsmart.cli", "mtsmart.options.config -> mtsmart.model.multitask"]
+
+
 def test_the_cycle_finder_finds_a_circle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) == []
@@ -90,7 +136,7 @@ def test_imports_for_annotations_only_are_not_edges(tmp_path):
 
 def test_no_import_circle_in_the_package():
     graph = import_graph(PACKAGE)
-    assert "mtsmart.adversarial.registry" in graph and graph["mtsmart.adversarial.registry"]
+    assert "mtsmart.regularisers.registry" in graph and graph["mtsmart.regularisers.registry"]
     assert find_cycle(graph) == []
 
 
@@ -98,7 +144,7 @@ def test_the_training_recipe_is_imported_by_the_cli_alone():
     importers = []
     for folder in ("mtsmart", "scripts", "examples"):
         for path in (REPO / folder).rglob("*.py"):
-            if "mtsmart.train" in imported_modules(path, {"mtsmart.train"}):
+            if "mtsmart.recipes.train" in imported_modules(path, {"mtsmart.recipes.train"}):
                 importers.append(str(path.relative_to(REPO)))
     assert importers == ["mtsmart/cli.py"]
 
@@ -117,10 +163,10 @@ def string_constants(path: Path) -> set[str]:
 def test_no_method_name_outside_the_methods_and_the_config():
     """The loop, the DDP code and the logging read what a method declares, never which it is."""
     names = set(METHODS) - {"none"}
-    allowed = {PACKAGE / "config.py", PACKAGE / "config_doc.py"}
+    allowed = set((PACKAGE / "options").glob("*.py"))
     leaks = {}
     for path in PACKAGE.rglob("*.py"):
-        if "adversarial" in path.relative_to(PACKAGE).parts or path in allowed:
+        if "regularisers" in path.relative_to(PACKAGE).parts or path in allowed:
             continue
         # A name inside a longer string is prose or a message; a string that *is* a name is code.
         hits = names & string_constants(path)
@@ -136,7 +182,7 @@ def test_every_method_the_config_accepts_has_a_builder():
 
 
 def test_reading_a_config_does_not_load_the_encoder_libraries():
-    code = "import sys, mtsmart.config; print('transformers' in sys.modules)"
+    code = "import sys, mtsmart.options.config; print('transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "False"
 
@@ -156,8 +202,8 @@ def test_old_names_are_refused_with_the_new_one(override, message):
 def test_a_run_written_before_the_rename_still_loads_and_resumes(tmp_path):
     """A run's own config.yaml (and a checkpoint's saved config) with the old names is read as the
     current ones; only a config a person writes is refused."""
-    from mtsmart.checkpoint import config_differences
-    from mtsmart.config import config_to_dict, renamed_to_current
+    from mtsmart.components.checkpoint import config_differences
+    from mtsmart.options.config import config_to_dict, renamed_to_current
 
     old = config_to_dict(load_config(None, ["smart.init_scale=3e-5", "smart.level=example", "adversarial.method=pgd",
                                              "pgd.step_size=0.1", "pgd.steps=2"]))
@@ -187,14 +233,14 @@ def test_a_run_written_before_the_rename_still_loads_and_resumes(tmp_path):
     ("gradient_penalty", {"epsilon": 0.5, "weight": 3.0, "steps": 9}, "gradient_penalty", {"epsilon": 0.5, "weight": 3.0}),
 ])
 def test_a_saved_flat_adversarial_section_goes_to_the_chosen_method(method, old, section, expected):
-    from mtsmart.config import config_from_dict
+    from mtsmart.options.config import config_from_dict
 
     cfg = config_from_dict(renamed_to_current({"adversarial": {"method": method, **old}}))
     assert {key: getattr(getattr(cfg, section), key) for key in expected} == expected
 
 
 def test_a_saved_release_rule_epsilon_becomes_its_guard():
-    from mtsmart.config import config_from_dict
+    from mtsmart.options.config import config_from_dict
 
     saved = {"smart": {"update": "release", "epsilon": 1e-6}}
     cfg = config_from_dict(renamed_to_current(saved))
@@ -205,8 +251,8 @@ def test_a_saved_release_rule_epsilon_becomes_its_guard():
 
 def test_a_checkpoint_from_before_a_new_key_resumes():
     """A key added after a checkpoint was written counts as its default (the earlier behaviour)."""
-    from mtsmart.checkpoint import config_differences
-    from mtsmart.config import config_to_dict
+    from mtsmart.components.checkpoint import config_differences
+    from mtsmart.options.config import config_to_dict
 
     current = config_to_dict(load_config(None, []))
     saved = config_to_dict(load_config(None, []))
@@ -214,3 +260,11 @@ def test_a_checkpoint_from_before_a_new_key_resumes():
     assert config_differences(saved, current) == []
     saved["train"]["lr"] = 1.0
     assert config_differences(saved, current) == ["train.lr"]
+
+
+def test_the_options_name_what_the_arithmetic_implements():
+    from mtsmart.arithmetic import divergence, perturbation
+    from mtsmart.options import smart as smart_config
+
+    assert set(smart_config.DIVERGENCES) == set(divergence.DIVERGENCES)
+    assert smart_config.NORMS == perturbation.NORMS and smart_config.LEVELS == perturbation.LEVELS

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mtsmart import checkpoint as ckpt
+from mtsmart.components import checkpoint as ckpt
 from mtsmart.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -178,8 +178,8 @@ def test_fresh_run_into_a_used_output_dir_is_refused(toy, finished_run, tmp_path
 
 def test_load_model_weights_refuses_other_heads(finished_run, tiny_tokenizer):
     """Directly: a model with another head set cannot take the checkpoint's weights."""
-    from mtsmart.model import MultiTaskModel, load_encoder
-    from mtsmart.task_spec import load_task_spec
+    from mtsmart.model.multitask import MultiTaskModel, load_encoder
+    from mtsmart.tasks.spec import load_task_spec
 
     encoder = load_encoder("tiny", len(tiny_tokenizer), tiny_hidden_size=16, tiny_layers=1)
     model = MultiTaskModel(encoder, {"rte": load_task_spec("rte")})

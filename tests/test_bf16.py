@@ -13,20 +13,20 @@ import copy
 import pytest
 import torch
 
-from mtsmart.adversarial.registry import build_adversary
-from mtsmart.task_types import task_types_of
-from mtsmart.adversarial.config import (
+from mtsmart.regularisers.registry import build_adversary
+from mtsmart.tasks.types import task_types_of
+from mtsmart.options.regularisers import (
     FGMConfig, FGSMConfig, FreeLBConfig, GradientPenaltyConfig, PGDConfig, R3FConfig, RDropConfig,
 )
-from mtsmart.batch import Batch
-from mtsmart.bregman import BregmanProximal
-from mtsmart.bregman_config import BregmanConfig
-from mtsmart.model import MultiTaskModel, load_encoder
-from mtsmart.precision import cpu_bf16_flags, resolve_precision
-from mtsmart.smart_config import SmartConfig
-from mtsmart.task_spec import TaskSpec
-from mtsmart.build import autocast_factory
-from mtsmart.step import Objective
+from mtsmart.tasks.batch import Batch
+from mtsmart.regularisers.bregman import BregmanProximal
+from mtsmart.options.bregman import BregmanConfig
+from mtsmart.model.multitask import MultiTaskModel, load_encoder
+from mtsmart.support.precision import cpu_bf16_flags, resolve_precision
+from mtsmart.options.smart import SmartConfig
+from mtsmart.tasks.spec import TaskSpec
+from mtsmart.components.build import autocast_factory
+from mtsmart.step.objective import Objective
 
 SPECS = {
     "cls": TaskSpec(name="cls", type="classification", metrics=("accuracy",), labels=("a", "b", "c"), dropout=0.0),
@@ -106,7 +106,7 @@ def test_bf16_rounds_a_perturbation_below_its_resolution_away_and_smart_says_so(
     model, batch = make_model(), make_batch("reg")
     METHODS["tiny_release"] = (SmartConfig(input="embedding_output", update="release", guard=1e-6, init_scale=1e-5), 0.0)
     try:
-        with caplog.at_level("WARNING", logger="mtsmart.smart"):
+        with caplog.at_level("WARNING", logger="mtsmart.arithmetic.smart"):
             bf16_stats, _ = one_step(model, batch, "tiny_release", "bf16")
         fp32_stats, _ = one_step(model, batch, "tiny_release", "fp32")
     finally:

@@ -1,4 +1,4 @@
-"""BregmanProximal (mtsmart/bregman.py) against hand-computed formulas and plain fine-tuning."""
+"""BregmanProximal (mtsmart/regularisers/bregman.py) against hand-computed formulas and plain fine-tuning."""
 from __future__ import annotations
 
 import copy
@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from mtsmart.batch import Batch
-from mtsmart.bregman import BregmanProximal, ema_update_, scheduled_beta
-from mtsmart.bregman_config import BregmanConfig
-from mtsmart.model import MultiTaskModel, load_encoder, load_tokenizer, task_output
-from mtsmart.task_spec import TaskSpec
-from mtsmart.task_types import task_type_of
+from mtsmart.tasks.batch import Batch
+from mtsmart.regularisers.bregman import BregmanProximal, ema_update_, scheduled_beta
+from mtsmart.options.bregman import BregmanConfig
+from mtsmart.model.multitask import MultiTaskModel, load_encoder, load_tokenizer, task_output
+from mtsmart.tasks.spec import TaskSpec
+from mtsmart.tasks.types import task_type_of
 
 SPECS = {
     "cls": TaskSpec(name="cls", type="classification", metrics=("accuracy",), labels=("a", "b", "c")),

@@ -2,7 +2,7 @@
 import pytest
 import yaml
 
-from mtsmart.config import Config, ConfigError, config_from_dict, config_to_dict, load_config, parse_override
+from mtsmart.options.config import Config, ConfigError, config_from_dict, config_to_dict, load_config, parse_override
 
 
 def test_defaults_are_smart_with_bregman():

@@ -7,13 +7,13 @@ from typing import Literal, Optional
 
 import pytest
 
-from mtsmart.config_doc import UndocumentedFieldError, field_comments, generate, section_rows, type_text
+from mtsmart.options.doc import UndocumentedFieldError, field_comments, generate, section_rows, type_text
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
 
 def test_docs_configuration_md_is_current():
-    assert DOC.read_text(encoding="utf-8") == generate(), "regenerate: python -m mtsmart.config_doc > docs/configuration.md"
+    assert DOC.read_text(encoding="utf-8") == generate(), "regenerate: python -m mtsmart.options.doc > docs/configuration.md"
 
 
 @dataclasses.dataclass

@@ -47,6 +47,6 @@ def test_a_bad_value_is_refused_in_one_line_before_anything_is_written(tmp_path,
 
 
 def test_epochs_do_not_matter_when_max_steps_is_set():
-    from mtsmart.config import load_config
+    from mtsmart.options.config import load_config
 
     assert load_config(None, ["train.epochs=0", "train.max_steps=10"]).train.max_steps == 10

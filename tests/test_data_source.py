@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from mtsmart.data.config import DataConfig
+from mtsmart.options.data import DataConfig
 from mtsmart.data.readers import DataError, read_split
-from mtsmart.task_spec import load_task_spec
+from mtsmart.tasks.spec import load_task_spec
 
 REPO = Path(__file__).resolve().parents[1]
 

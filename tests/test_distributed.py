@@ -21,13 +21,13 @@ import torch
 from safetensors.torch import load_file
 
 from mtsmart.data.encoding import encode_split
-from mtsmart.data.config import DataConfig
+from mtsmart.options.data import DataConfig
 from mtsmart.data.loader import eval_batches
 from mtsmart.data.readers import read_split
-from mtsmart.distributed import merge_predictions, shard
-from mtsmart.evaluate import metrics_of, predict
-from mtsmart.task_spec import DEFAULT_TASKS_DIR, load_task_spec
-from mtsmart.task_types import task_type_of
+from mtsmart.components.distributed import merge_predictions, shard
+from mtsmart.components.evaluate import metrics_of, predict
+from mtsmart.tasks.spec import DEFAULT_TASKS_DIR, load_task_spec
+from mtsmart.tasks.types import task_type_of
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def no_dropout(tmp_path_factory, tiny_tokenizer) -> tuple[Path, Path]:
     """(a tiny BERT folder with dropout 0, a tasks folder whose rte/stsb heads have dropout 0)."""
-    from mtsmart.model import tiny_bert_config
+    from mtsmart.model.multitask import tiny_bert_config
     from transformers import BertModel
 
     root = tmp_path_factory.mktemp("nodrop")

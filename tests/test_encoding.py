@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from mtsmart.data.config import DataConfig
+from mtsmart.options.data import DataConfig
 from mtsmart.data.encoding import GroupItem, Item, collate, encode_split
 from mtsmart.data.examples import Example
 from mtsmart.data.readers import read_split
-from mtsmart.divergence import MASKED_SCORE
-from mtsmart.model import task_output
-from mtsmart.task_spec import load_task_spec
+from mtsmart.arithmetic.divergence import MASKED_SCORE
+from mtsmart.model.multitask import task_output
+from mtsmart.tasks.spec import load_task_spec
 
 
 def item(ids, label=None, index=0, types=True):

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 from mtsmart.cli import main
-from mtsmart.commands.export import POOLER_INPUT_LIMIT, hidden_bound, pooler_scale
-from mtsmart.run_dir import load_run
+from mtsmart.recipes.commands.export import POOLER_INPUT_LIMIT, hidden_bound, pooler_scale
+from mtsmart.components.run_dir import load_run
 
 SAMPLE = 24  # dev examples compared
 

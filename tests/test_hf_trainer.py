@@ -1,4 +1,4 @@
-"""mtsmart.hf.SmartTrainer: SMART and the Bregman teacher inside transformers.Trainer.
+"""mtsmart.recipes.hf.SmartTrainer: SMART and the Bregman teacher inside transformers.Trainer.
 
 - one step's loss and gradients equal the objective written out by hand on the Hugging Face
   model (task loss + λs·Rs by a naive Algorithm 1 + μ·D_Breg), classification and regression;
@@ -21,11 +21,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
 
-from mtsmart.bregman_config import BregmanConfig
-from mtsmart.divergence import squared_error, symmetric_kl
-from mtsmart.hf import STATE_FILE, SmartTrainer
-from mtsmart.perturbation import token_mask
-from mtsmart.smart_config import SmartConfig
+from mtsmart.options.bregman import BregmanConfig
+from mtsmart.arithmetic.divergence import squared_error, symmetric_kl
+from mtsmart.recipes.hf import STATE_FILE, SmartTrainer
+from mtsmart.arithmetic.perturbation import token_mask
+from mtsmart.options.smart import SmartConfig
 
 VOCAB = 50
 
@@ -118,9 +118,9 @@ def test_one_step_equals_the_objective_by_hand(tmp_path, num_labels, mu):
 SCRIPT = textwrap.dedent('''
     import sys, torch
     from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
-    from mtsmart.bregman_config import BregmanConfig
-    from mtsmart.hf import SmartTrainer
-    from mtsmart.smart_config import SmartConfig
+    from mtsmart.options.bregman import BregmanConfig
+    from mtsmart.recipes.hf import SmartTrainer
+    from mtsmart.options.smart import SmartConfig
 
     out, resume = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else None)
     torch.manual_seed(0)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mtsmart.metrics import (
+from mtsmart.arithmetic.metrics import (
     METRICS,
     Predictions,
     acc_at_1,
@@ -22,7 +22,7 @@ from mtsmart.metrics import (
     pearson,
     spearman,
 )
-from mtsmart.task_spec import KNOWN_METRICS
+from mtsmart.tasks.spec import KNOWN_METRICS
 
 # ----------------------------------------------------------------------------- naive references
 

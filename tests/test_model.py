@@ -3,10 +3,10 @@ import pytest
 import torch
 from transformers import AutoModel, BertConfig, DebertaV2Config, ElectraConfig, RobertaConfig
 
-from mtsmart.batch import Batch
-from mtsmart.divergence import MASKED_SCORE
-from mtsmart.model import MultiTaskModel, task_output
-from mtsmart.task_spec import TaskSpec
+from mtsmart.tasks.batch import Batch
+from mtsmart.arithmetic.divergence import MASKED_SCORE
+from mtsmart.model.multitask import MultiTaskModel, task_output
+from mtsmart.tasks.spec import TaskSpec
 
 SMALL = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
              max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)

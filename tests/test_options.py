@@ -8,12 +8,12 @@ import typing
 
 import pytest
 
-from mtsmart.adversarial.config import METHODS, AdversarialConfig, method_options_classes
-from mtsmart.adversarial.registry import build_adversary
-from mtsmart.config import Config, ConfigError, load_config
-from mtsmart.config_doc import field_comments
-from mtsmart.smart_config import SmartConfig
-from mtsmart.task_types import TASK_TYPES
+from mtsmart.options.regularisers import METHODS, AdversarialConfig, method_options_classes
+from mtsmart.regularisers.registry import build_adversary
+from mtsmart.options.config import Config, ConfigError, load_config
+from mtsmart.options.doc import field_comments
+from mtsmart.options.smart import SmartConfig
+from mtsmart.tasks.types import TASK_TYPES
 
 SECTIONS = {name: cls for name, cls in method_options_classes().items() if cls is not None}
 # How a method's name is written in prose (its paper's spelling too).

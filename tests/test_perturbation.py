@@ -1,4 +1,4 @@
-"""Perturbation geometry (mtsmart/perturbation.py) against naive per-unit references."""
+"""Perturbation geometry (mtsmart/arithmetic/perturbation.py) against naive per-unit references."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
-from mtsmart.perturbation import normalize, project, unit_norm, unit_radius
+from mtsmart.arithmetic.perturbation import normalize, project, unit_norm, unit_radius
 
 NORMS = ("inf", "l2", "l1")
 LEVELS = ("token", "example")

@@ -17,9 +17,9 @@ import torch
 import yaml
 
 from mtsmart.cli import main
-from mtsmart.commands.predict import GLUE_FILES, spec_for
-from mtsmart.run_dir import RunDirError, load_run
-from mtsmart.task_spec import DEFAULT_TASKS_DIR
+from mtsmart.recipes.commands.predict import GLUE_FILES, spec_for
+from mtsmart.components.run_dir import RunDirError, load_run
+from mtsmart.tasks.spec import DEFAULT_TASKS_DIR
 
 
 # Test-set sizes (GLUE's official counts, as in the shared data's README).

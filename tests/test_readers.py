@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from mtsmart.data.config import DataConfig
+from mtsmart.options.data import DataConfig
 from mtsmart.data.readers import DataError, read_split
-from mtsmart.task_spec import load_task_spec, parse_task_spec
+from mtsmart.tasks.spec import load_task_spec, parse_task_spec
 
 
 def local_cfg(root: Path) -> DataConfig:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mtsmart import checkpoint as ckpt
+from mtsmart.components import checkpoint as ckpt
 from mtsmart.cli import main
 from conftest import TINY_TRAIN_ARGS
 
@@ -114,7 +114,7 @@ def test_an_interrupted_replace_is_put_back(straight, tmp_path):
 
 
 def test_non_finite_weights_are_never_written(straight, tmp_path):
-    from mtsmart.config import load_config
+    from mtsmart.options.config import load_config
 
     model = torch.nn.Linear(2, 2)
     with torch.no_grad():
@@ -156,9 +156,9 @@ def test_evaluate_refuses_a_corrupt_checkpoint_by_name(straight, tmp_path, capsy
 
 KILLER = '''
 import os, signal
-import mtsmart.checkpoint as ckpt
+import mtsmart.components.checkpoint as ckpt
 
-import mtsmart.train as train
+import mtsmart.recipes.train as train
 
 _mode = os.environ["MTSMART_TEST_KILL"]
 _write_json = ckpt.atomic_write_json

@@ -10,13 +10,13 @@ import torch
 from mtsmart.cli import main
 from mtsmart.data.encoding import collate, encode_split
 from mtsmart.data.readers import read_split
-from mtsmart.data.config import DataConfig
-from mtsmart.divergence import squared_error, symmetric_kl
-from mtsmart.evaluate import EvalSet
-from mtsmart.model import output_fn
-from mtsmart.perturbation import token_mask
-from mtsmart.robustness import measure, per_row, pgd_attack, random_vertex, rows_of_sequences
-from mtsmart.task_spec import load_task_spec
+from mtsmart.options.data import DataConfig
+from mtsmart.arithmetic.divergence import squared_error, symmetric_kl
+from mtsmart.components.evaluate import EvalSet
+from mtsmart.model.multitask import output_fn
+from mtsmart.arithmetic.perturbation import token_mask
+from mtsmart.components.robustness import measure, per_row, pgd_attack, random_vertex, rows_of_sequences
+from mtsmart.tasks.spec import load_task_spec
 
 RADII = (1e-3, 1e-2, 5e-2)
 
@@ -144,8 +144,8 @@ def test_command_writes_robustness_json(tmp_path, data_root, capsys):
     assert report["precision"] == "fp32"  # by default the run's own
     # --precision: the same checkpoint measured in bf16 and in fp32 differ, and fp32 equals measure()
     # called by hand without autocast (the reference).
-    from mtsmart.robustness import measure
-    from mtsmart.run_dir import load_run, run_eval_sets
+    from mtsmart.components.robustness import measure
+    from mtsmart.components.run_dir import load_run, run_eval_sets
     for precision in ("bf16", "fp32"):
         assert main(["robustness", "--run", str(run), "--radii", "2e-2", "--attack-steps", "3", "--precision", precision]) == 0
         measured = json.loads((run / "robustness.json").read_text())

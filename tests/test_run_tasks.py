@@ -5,8 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mtsmart.run_dir import load_run
-from mtsmart.task_spec import DEFAULT_TASKS_DIR
+from mtsmart.components.run_dir import load_run
+from mtsmart.tasks.spec import DEFAULT_TASKS_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 

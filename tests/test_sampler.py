@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from mtsmart.sampler import TaskSampler, task_probabilities
-from mtsmart.schedule import linear_warmup_decay
+from mtsmart.components.sampler import TaskSampler, task_probabilities
+from mtsmart.arithmetic.schedule import linear_warmup_decay
 
 
 def test_probabilities_by_hand():

@@ -1,4 +1,4 @@
-"""SMART's Rs (mtsmart/smart.py) against hand-computed formulas and a naive Algorithm 1."""
+"""SMART's Rs (mtsmart/arithmetic/smart.py) against hand-computed formulas and a naive Algorithm 1."""
 from __future__ import annotations
 
 import math
@@ -10,15 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from mtsmart.batch import Batch
-from mtsmart.divergence import MASKED_SCORE, squared_error, symmetric_kl
-from mtsmart.model import MultiTaskModel, load_encoder, output_fn, task_output
-from mtsmart.perturbation import token_mask, unit_norm
-from mtsmart.adversarial.smart_method import SmartRegularizer
-from mtsmart.smart import divergences_for, smart_regularizer
-from mtsmart.smart_config import SmartConfig
-from mtsmart.task_types import TASK_TYPES
-from mtsmart.task_spec import TaskSpec
+from mtsmart.tasks.batch import Batch
+from mtsmart.arithmetic.divergence import MASKED_SCORE, squared_error, symmetric_kl
+from mtsmart.model.multitask import MultiTaskModel, load_encoder, output_fn, task_output
+from mtsmart.arithmetic.perturbation import token_mask, unit_norm
+from mtsmart.regularisers.smart_method import SmartRegularizer
+from mtsmart.regularisers.smart_method import divergences_for
+from mtsmart.arithmetic.smart import smart_regularizer
+from mtsmart.options.smart import SmartConfig
+from mtsmart.tasks.types import TASK_TYPES
+from mtsmart.tasks.spec import TaskSpec
 
 REPO = Path(__file__).resolve().parents[1]
 SPECS = {

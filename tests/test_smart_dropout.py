@@ -2,13 +2,13 @@
 import pytest
 import torch
 
-from mtsmart import rng
-from mtsmart.batch import Batch
-from mtsmart.model import task_output
-from mtsmart.adversarial.smart_method import SmartRegularizer
-from mtsmart.smart_config import SmartConfig
-from mtsmart.task_types import TASK_TYPES
-from mtsmart.task_spec import TaskSpec
+from mtsmart.arithmetic import rng
+from mtsmart.tasks.batch import Batch
+from mtsmart.model.multitask import task_output
+from mtsmart.regularisers.smart_method import SmartRegularizer
+from mtsmart.options.smart import SmartConfig
+from mtsmart.tasks.types import TASK_TYPES
+from mtsmart.tasks.spec import TaskSpec
 
 SPEC = TaskSpec(name="a", type="classification", metrics=("accuracy",), labels=("x", "y"), dropout=0.3)
 

@@ -7,23 +7,24 @@ import torch
 from transformers import BertConfig, BertModel, DebertaV2Config, DebertaV2Model, ElectraConfig, ElectraModel
 from transformers import RobertaConfig, RobertaModel
 
-from mtsmart import rng
-from mtsmart.adversarial.base import AdversarialContext, Terms
-from mtsmart.adversarial.registry import build_adversary
-from mtsmart.adversarial.smart_method import SmartRegularizer
-from mtsmart.adversarial.config import RDropConfig
-from mtsmart.batch import Batch
-from mtsmart.bregman import scheduled_beta
-from mtsmart.bregman_config import BregmanConfig
-from mtsmart.data.config import DataConfig
+from mtsmart.arithmetic import rng
+from mtsmart.regularisers.base import AdversarialContext, Terms
+from mtsmart.regularisers.registry import build_adversary
+from mtsmart.regularisers.smart_method import SmartRegularizer
+from mtsmart.options.regularisers import RDropConfig
+from mtsmart.tasks.batch import Batch
+from mtsmart.regularisers.bregman import scheduled_beta
+from mtsmart.options.bregman import BregmanConfig
+from mtsmart.options.data import DataConfig
 from mtsmart.data.loader import subsample
-from mtsmart.divergence import squared_error, symmetric_kl
-from mtsmart.model import MultiTaskModel, captured_embedding_output, embedding_output_fn, load_encoder, task_output
-from mtsmart.perturbation import token_mask
-from mtsmart.smart import divergences_for, smart_regularizer
-from mtsmart.smart_config import SmartConfig
-from mtsmart.task_spec import TaskSpec
-from mtsmart.task_types import TASK_TYPES
+from mtsmart.arithmetic.divergence import squared_error, symmetric_kl
+from mtsmart.model.multitask import MultiTaskModel, captured_embedding_output, embedding_output_fn, load_encoder, task_output
+from mtsmart.arithmetic.perturbation import token_mask
+from mtsmart.regularisers.smart_method import divergences_for
+from mtsmart.arithmetic.smart import smart_regularizer
+from mtsmart.options.smart import SmartConfig
+from mtsmart.tasks.spec import TaskSpec
+from mtsmart.tasks.types import TASK_TYPES
 
 VOCAB = 60
 SPECS = {

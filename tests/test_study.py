@@ -11,11 +11,11 @@ import pytest
 import yaml
 
 from mtsmart.cli import main
-from mtsmart.study.report import _ratio, family_level, plot_panels, shared_half_width
-from mtsmart.study.results import PairedDifference, chosen_point, paired_difference, paired_ratio, pooled_difference, summarise
-from mtsmart.study.run_times import fit_run_times, hours_to_go
-from mtsmart.study.runner import RUN_RECORD, TIME_MARGIN, Queue, TimeBudget, last_error_line
-from mtsmart.study.spec import Job, StudyError, load_study
+from mtsmart.recipes.study.report import _ratio, family_level, plot_panels, shared_half_width
+from mtsmart.recipes.study.results import PairedDifference, chosen_point, paired_difference, paired_ratio, pooled_difference, summarise
+from mtsmart.recipes.study.run_times import fit_run_times, hours_to_go
+from mtsmart.recipes.study.runner import RUN_RECORD, TIME_MARGIN, Queue, TimeBudget, last_error_line
+from mtsmart.recipes.study.spec import Job, StudyError, load_study
 
 TINY_BASE = {
     "model": {"name_or_path": "tiny", "tiny_hidden_size": 32},
@@ -183,7 +183,7 @@ def test_the_pooled_difference_is_the_mean_over_settings_with_a_welch_satterthwa
 def test_the_report_pools_each_variant_over_settings_from_the_runs_results(tmp_path):
     """Two settings of hand-written results.json (no training): the "All settings" row is the
     pooled difference of those numbers, and it waits until every setting has its runs."""
-    from mtsmart.study.report import markdown
+    from mtsmart.recipes.study.report import markdown
 
     path = write_study(tmp_path, settings={"rte": {"tasks": ["rte"]}, "mrpc": {"tasks": ["mrpc"]}},
                        variants={"plain": {}, "rdrop": {"adversarial": {"method": "rdrop"}}},
@@ -219,7 +219,7 @@ def test_the_report_pools_each_variant_over_settings_from_the_runs_results(tmp_p
 def test_the_report_lists_each_variants_metric_per_report_seed(tmp_path):
     """Hand-written results.json: the per-seed table has each run's metric in points, in the
     report seeds' order, and — for a run that has not finished."""
-    from mtsmart.study.report import markdown
+    from mtsmart.recipes.study.report import markdown
 
     path = write_study(tmp_path, variants={"plain": {}, "r3f": {"adversarial": {"method": "r3f"}}})
     study = load_study(path)
@@ -244,7 +244,7 @@ def test_every_plot_panel_shares_one_x_scale_centred_on_zero():
 def test_the_smoothness_table_pairs_the_clean_and_attacked_metric_with_the_baseline(tmp_path):
     """Hand-written robustness.json (no training): the clean and under-attack metric cells carry
     the seed-paired difference to the baseline, computed here by hand (t(1) quantile 12.706)."""
-    from mtsmart.study.report import markdown
+    from mtsmart.recipes.study.report import markdown
 
     plan = {"setting": "rte", "variants": ["plain", "r3f"], "args": ["--radii", "1e-2"]}
     path = write_study(tmp_path, variants={"plain": {}, "r3f": {"adversarial": {"method": "r3f"}}}, robustness=plan)

@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from mtsmart.task_spec import DEFAULT_TASKS_DIR, TaskSpecError, load_task_spec
+from mtsmart.tasks.spec import DEFAULT_TASKS_DIR, TaskSpecError, load_task_spec
 
 SHIPPED = sorted(p.stem for p in DEFAULT_TASKS_DIR.glob("*.yaml"))
 

@@ -18,19 +18,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtsmart.batch import Batch
-from mtsmart.bregman import BregmanProximal
-from mtsmart.bregman_config import BregmanConfig
-from mtsmart.config import load_config
+from mtsmart.tasks.batch import Batch
+from mtsmart.regularisers.bregman import BregmanProximal
+from mtsmart.options.bregman import BregmanConfig
+from mtsmart.options.config import load_config
 from mtsmart.data.encoding import collate, tokenize
 from mtsmart.data.examples import Example
-from mtsmart.divergence import symmetric_kl
-from mtsmart.model import MultiTaskModel, load_encoder, output_fn, task_output
-from mtsmart.perturbation import token_mask
-from mtsmart.smart import smart_regularizer
-from mtsmart.smart_config import SmartConfig
-from mtsmart.task_spec import TaskSpec
-from mtsmart.build import build_optimizer
+from mtsmart.arithmetic.divergence import symmetric_kl
+from mtsmart.model.multitask import MultiTaskModel, load_encoder, output_fn, task_output
+from mtsmart.arithmetic.perturbation import token_mask
+from mtsmart.arithmetic.smart import smart_regularizer
+from mtsmart.options.smart import SmartConfig
+from mtsmart.tasks.spec import TaskSpec
+from mtsmart.components.build import build_optimizer
 
 VOCAB_SIZE = 30522  # the borrowed MiniLM WordPiece vocabulary
 REPO = Path(__file__).resolve().parents[1]
@@ -311,7 +311,7 @@ def test_bench_scaling_and_adamw_quick_print_their_figures(small_rte):
 
 def test_the_loop_records_its_own_step_times(tmp_path, train_tiny):
     """train.record_step_times: one row per optimizer step, its examples and padded tokens, clocks that only move on."""
-    from mtsmart.step_times import read_step_times
+    from mtsmart.components.step_times import read_step_times
 
     train_tiny(tmp_path / "run", "tasks=[rte]", "train.max_steps=5", "train.batch_size=4", "train.record_step_times=true")
     rows = read_step_times(tmp_path / "run" / "step_times.tsv")

@@ -1,10 +1,10 @@
 """Combinations refused before anything is loaded."""
 import pytest
 
-from mtsmart.adversarial.registry import build_adversary
-from mtsmart.config import load_config
-from mtsmart.task_spec import load_task_spec
-from mtsmart.task_types import task_types_of
+from mtsmart.regularisers.registry import build_adversary
+from mtsmart.options.config import load_config
+from mtsmart.tasks.spec import load_task_spec
+from mtsmart.tasks.types import task_types_of
 
 
 def refuse_up_front(cfg, specs):

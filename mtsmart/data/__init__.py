@@ -1,5 +1,5 @@
-"""Data: task files → Examples (readers) → token ids (encoding) → Batches (loader).
+"""Layer 4, data: task files → Examples (readers) → token ids (encoding) → Batches (loader).
 
-Nothing is imported here, so reading a configuration (`data.config`) does not load the tokenizer
-libraries; import the submodules.
+Nothing is imported here, so that reading a configuration does not load the tokenizer libraries;
+import the submodules.
 """

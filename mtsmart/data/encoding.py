@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from mtsmart.batch import Batch
+from mtsmart.tasks.batch import Batch
 from mtsmart.data.examples import Example
-from mtsmart.task_spec import TaskSpec
-from mtsmart.task_types import task_type_of
+from mtsmart.tasks.spec import TaskSpec
+from mtsmart.tasks.types import task_type_of
 
 log = logging.getLogger(__name__)
 

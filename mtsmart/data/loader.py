@@ -17,7 +17,7 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 
-from mtsmart.batch import Batch
+from mtsmart.tasks.batch import Batch
 from mtsmart.data.encoding import collate
 
 # group_by_length sorts by length within windows of this many batches: wide enough that

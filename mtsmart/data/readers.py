@@ -25,10 +25,10 @@ import math
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
-from mtsmart.data.config import DataConfig
+from mtsmart.options.data import DataConfig
 from mtsmart.data.examples import Example
-from mtsmart.task_spec import TaskSpec
-from mtsmart.task_types import task_type_of
+from mtsmart.tasks.spec import TaskSpec
+from mtsmart.tasks.types import task_type_of
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,388 @@
+"""Checkpoints that resume a run exactly, written crash-safely, loaded without executing code.
+
+Layout of one checkpoint directory (`checkpoints/step_00000100/`, `checkpoints/best/`):
+  model.safetensors  the model: shared encoder and every head
+  tensors.pt         optimizer + Bregman teacher + grad scaler, and per rank: adversary + torch RNG
+                     (plain tensors/containers: loaded with torch.load(weights_only=True))
+  state.json         step and counters, sampler and loaders positions, per rank Python/numpy RNG,
+                     the config, the model name, the mtsmart version, the world size
+
+Under torchrun every rank has its own RNG streams (dropout, SMART noise) and adversary state:
+each rank's are gathered to rank 0, which alone writes; on resume each rank restores its own.
+Everything else is identical on all ranks.
+
+  checksums.json     the sha256 of each file above, written last: a checkpoint is trusted only
+                     when every file matches it (`verify`)
+
+A checkpoint is written into a temporary directory and renamed when complete, so a kill at any
+moment leaves the previous checkpoint intact; a failed write (a full disk) removes its partial
+files and says why. Weights with a NaN or an infinity are never written. `train.resume=auto`
+takes the newest intact checkpoint (step checkpoints and `best` alike), sets corrupt ones aside
+and cleans up what an interrupted write left (`resume_directory`).
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+import os
+import pickle
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+import mtsmart
+from mtsmart.options.config import Config, config_to_dict, renamed_to_current
+from mtsmart.support.io import atomic_write_json
+
+FORMAT_VERSION = 2  # 2: per-rank RNG and adversary states
+# Keys allowed to differ between a checkpoint's config and the resuming run's.
+RESUME_FREE_KEYS = ("train.resume", "train.resume_force", "train.stop_after_steps", "output_dir", "eval.every_steps", "train.log_every_steps",
+                    "train.save_every_steps", "train.keep_checkpoints", "data.root", "train.keep_freed_memory",
+                    "train.record_step_times")
+
+
+STATE_KEYS = ("model_name", "config", "train_state", "sampler", "loaders", "world_size", "rng")
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+CHECKSUMS = "checksums.json"
+CHECKED_FILES = ("model.safetensors", "tensors.pt", "state.json")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(directory: Path) -> None:
+    """Refuse a checkpoint whose files do not match the checksums written with them."""
+    listing = directory / CHECKSUMS
+    if not listing.is_file():
+        raise CheckpointError(f"{directory}: no {CHECKSUMS} (an incomplete checkpoint, or one written before checksums)")
+    try:
+        expected = json.loads(listing.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as error:
+        raise CheckpointError(f"{listing}: unreadable ({error})") from None
+    for name in CHECKED_FILES:
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing from the checkpoint")
+        if _sha256(path) != expected.get(name):
+            raise CheckpointError(f"{path}: checksum mismatch: the file changed after it was written (corrupt); "
+                                  "this checkpoint is not used")
+
+
+# --------------------------------------------------------------------------- RNG states
+
+
+def _rng_json() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "python": base64.b64encode(json.dumps(random.getstate()).encode()).decode("ascii"),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
+
+
+def _restore_rng_json(state: dict) -> None:
+    py = json.loads(base64.b64decode(state["python"]))
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def _rng_tensors() -> dict:
+    states = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _restore_rng_tensors(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def rank_state(adversary) -> dict:
+    """What differs between ranks: RNG streams and the adversary's state (gathered to rank 0)."""
+    return {"rng": _rng_tensors(), "rng_json": _rng_json(), "adversary": adversary.state_dict()}
+
+
+def _restore_rank_state(tensors: dict, state: dict, stateful: dict, rank: int) -> None:
+    ranks = tensors["ranks"]
+    stateful["adversary"].load_state_dict(ranks[rank]["adversary"])
+    _restore_rng_tensors(ranks[rank]["rng"])
+    _restore_rng_json(state["rng"][rank])
+
+
+# --------------------------------------------------------------------------- write
+
+
+def _write(directory: Path, stateful: dict, cfg: Config) -> None:
+    """Write a complete checkpoint at `directory` (atomically: temp dir, then rename). Refuses
+    non-finite weights; an OS error (e.g. a full disk) removes the partial files and is reported."""
+    bad = [name for name, value in stateful["model"].state_dict().items()
+           if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if bad:
+        raise CheckpointError(f"not writing {directory}: the model has non-finite values in {bad[:3]}; "
+                              "the checkpoints already written are kept")
+    tmp = directory.parent / f".tmp-{directory.name}-{os.getpid()}"
+    try:
+        _write_files(tmp, directory, stateful, cfg)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"writing checkpoint {directory} failed: {error.strerror or error} "
+                              f"({error.filename or tmp}); its partial files were removed and the "
+                              "checkpoints already written are kept") from None
+
+
+def _write_files(tmp: Path, directory: Path, stateful: dict, cfg: Config) -> None:
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    model = stateful["model"]
+    ranks = stateful["ranks"]  # [rank_state(...) of rank 0, rank 1, …]
+    # safetensors refuses shared storage (tied weights): store contiguous copies.
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    torch.save(
+        {
+            "bregman": stateful["bregman"].state_dict(),
+            "scaler": stateful["scaler"].state_dict(),
+            "ranks": [{"rng": r["rng"], "adversary": r["adversary"]} for r in ranks],
+        },
+        tmp / "tensors.pt",
+    )
+    state = {
+        "format_version": FORMAT_VERSION,
+        "mtsmart_version": mtsmart.__version__,
+        "model_name": cfg.model.name_or_path,
+        "config": config_to_dict(cfg),
+        "train_state": dataclasses.asdict(stateful["train_state"]),
+        "sampler": stateful["sampler"].state_dict(),
+        "loaders": {name: loader.state_dict() for name, loader in stateful["loaders"].items()},
+        "world_size": len(ranks),
+        "rng": [r["rng_json"] for r in ranks],
+    }
+    atomic_write_json(tmp / "state.json", state)
+    atomic_write_json(tmp / CHECKSUMS, {name: _sha256(tmp / name) for name in CHECKED_FILES})
+    old = None
+    if directory.exists():  # replace in two renames; the old copy goes only when the new is in place
+        old = directory.parent / f".old-{directory.name}-{os.getpid()}"
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def step_checkpoints(out: Path) -> list[Path]:
+    root = out / "checkpoints"
+    return sorted(root.glob("step_*")) if root.is_dir() else []
+
+
+def save_latest(out: Path, stateful: dict, cfg: Config) -> Path:
+    step = stateful["train_state"].step
+    directory = out / "checkpoints" / f"step_{step:08d}"
+    _write(directory, stateful, cfg)
+    for stale in step_checkpoints(out)[: -max(1, cfg.train.keep_checkpoints)]:
+        shutil.rmtree(stale)
+    return directory
+
+
+def save_best(out: Path, stateful: dict, cfg: Config) -> Path:
+    directory = out / "checkpoints" / "best"
+    _write(directory, stateful, cfg)
+    return directory
+
+
+# --------------------------------------------------------------------------- read
+
+
+def read_state(directory: Path) -> dict:
+    path = directory / "state.json"
+    if not path.is_file():
+        raise CheckpointError(f"{directory} is not a checkpoint: {path.name} is missing")
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    if state.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{directory}: checkpoint format {state.get('format_version')} (mtsmart {state.get('mtsmart_version')}), "
+            f"this mtsmart {mtsmart.__version__} reads format {FORMAT_VERSION}"
+        )
+    missing = [key for key in STATE_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(f"{path}: incomplete checkpoint state, missing {missing}")
+    return state
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """The keys whose values differ. A key the saved config lacks was added to mtsmart after the
+    checkpoint was written, with a default that keeps the earlier behaviour: it counts as that default."""
+    a, b = {**_flatten(config_to_dict(Config())), **_flatten(saved)}, _flatten(current)
+    keys = sorted(set(a) | set(b))
+    return [k for k in keys if k not in RESUME_FREE_KEYS and a.get(k) != b.get(k)]
+
+
+def load_model_weights(model: torch.nn.Module, directory: Path) -> None:
+    path = directory / "model.safetensors"
+    try:
+        weights = load_file(str(path))
+    except (OSError, SafetensorError) as error:
+        raise CheckpointError(f"{path}: cannot read the model weights ({error})") from None
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as error:  # same names, other shapes
+        raise CheckpointError(f"{directory}: the checkpoint is from another model ({error})") from None
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{directory}: the checkpoint is from another model (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
+
+
+def _read_tensors(directory: Path) -> dict:
+    path = directory / "tensors.pt"
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+        raise CheckpointError(f"{path}: cannot read the checkpoint state ({type(error).__name__}: {error})") from None
+
+
+def check_compatible(directory: Path, cfg: Config, world_size: int) -> dict:
+    """Refuse a checkpoint of another format, model, config or world size; its state.json.
+
+    Cheap (reads state.json only): called before any data or model is loaded, and before the
+    run writes anything into its output directory.
+    """
+    state = read_state(directory)
+    if state["model_name"] != cfg.model.name_or_path:
+        raise CheckpointError(f"{directory}: checkpoint of model {state['model_name']!r}, this run uses {cfg.model.name_or_path!r}")
+    differences = config_differences(renamed_to_current(state["config"]), config_to_dict(cfg))
+    if differences and not cfg.train.resume_force:
+        raise CheckpointError(
+            f"{directory}: config differs from the checkpoint's in {differences}; "
+            "use the same config or set train.resume_force=true"
+        )
+    if state["world_size"] != world_size:
+        raise CheckpointError(
+            f"{directory}: written by {state['world_size']} process(es), this run has {world_size}; "
+            "resume with the same number of processes (each rank's RNG streams and data shard are saved)"
+        )
+    return state
+
+
+def load(directory: Path, stateful: dict, cfg: Config, rank: int = 0, world_size: int = 1) -> None:
+    """Restore every stateful object from `directory` (refusing a different config unless forced)."""
+    verify(directory)
+    state = check_compatible(directory, cfg, world_size)
+    load_model_weights(stateful["model"], directory)
+    tensors = _read_tensors(directory)
+    try:
+        stateful["bregman"].load_state_dict(tensors["bregman"])
+        stateful["scaler"].load_state_dict(tensors["scaler"])
+        stateful["sampler"].load_state_dict(state["sampler"])
+        for name, loader in stateful["loaders"].items():
+            loader.load_state_dict(state["loaders"][name])
+        _restore_rank_state(tensors, state, stateful, rank)
+    except (KeyError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{directory}: cannot restore the run from it ({type(error).__name__}: {error})") from None
+    train_state = stateful["train_state"]
+    for key, value in state["train_state"].items():
+        setattr(train_state, key, value)
+
+
+def resume_directory(out: Path, cfg: Config) -> tuple[Path | None, list[str]]:
+    """train.resume: "" → None; "auto" → the newest intact checkpoint in `out` (step checkpoints
+    and `best`), or None; else that path. Also returns one line per thing it did on the way
+    (a corrupt checkpoint set aside, an interrupted write cleaned up)."""
+    if not cfg.train.resume:
+        return None, []
+    if cfg.train.resume != "auto":
+        directory = Path(cfg.train.resume)
+        if not directory.is_dir():
+            raise CheckpointError(f"train.resume: no checkpoint directory {directory}")
+        return directory, []
+    notes = clean_interrupted_writes(out)
+    for directory in _newest_first(out):
+        try:
+            verify(directory)
+            read_state(directory)
+        except CheckpointError as error:
+            aside = directory.parent / f"corrupt-{directory.name}"
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(directory, aside)
+            notes.append(f"{error}; set aside as {aside.name}, falling back to an earlier checkpoint")
+            continue
+        return directory, notes
+    return None, notes
+
+
+def _newest_first(out: Path) -> list[Path]:
+    """Step checkpoints and `best`, the highest step first (a step checkpoint before `best` on a tie)."""
+    found = [(int(d.name.removeprefix("step_")), 1, d) for d in step_checkpoints(out)]
+    best = out / "checkpoints" / "best"
+    if best.is_dir():
+        try:
+            found.append((int(read_state(best)["train_state"]["step"]), 0, best))
+        except (CheckpointError, KeyError, TypeError, ValueError):
+            found.append((-1, 0, best))  # unreadable: tried last, then set aside
+    return [d for _, _, d in sorted(found, key=lambda item: (item[0], item[1]), reverse=True)]
+
+
+def clean_interrupted_writes(out: Path) -> list[str]:
+    """What a kill during a checkpoint write leaves: `.tmp-*` (an incomplete new checkpoint) is
+    removed; `.old-NAME-*` (the previous copy, mid-replace) is put back when NAME is gone."""
+    root = out / "checkpoints"
+    notes = []
+    if not root.is_dir():
+        return notes
+    for tmp in sorted(root.glob(".tmp-*")):
+        shutil.rmtree(tmp, ignore_errors=True)
+        notes.append(f"removed {tmp.name}, an interrupted checkpoint write")
+    for old in sorted(root.glob(".old-*")):
+        name = old.name.removeprefix(".old-").rsplit("-", 1)[0]
+        if (root / name).exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, root / name)
+            notes.append(f"restored {name} from {old.name}, left by an interrupted checkpoint replace")
+    return notes
+
+
+def refuse_overwrite(out: Path) -> None:
+    """A fresh run must not replace what an earlier run wrote into the same output_dir: its
+    results or an intact-looking checkpoint (leftovers of interrupted writes do not count)."""
+    clean_interrupted_writes(out)
+    existing = [p.name for p in (out / "results.json",) if p.is_file()]
+    existing += [f"checkpoints/{d.name}" for d in _newest_first(out)]
+    if existing:
+        raise CheckpointError(
+            f"output_dir {out} already holds a run ({', '.join(existing)}); continue it with train.resume=auto "
+            "or choose another output_dir"
+        )

@@ -1,0 +1,71 @@
+"""`mtsmart study STUDY.yaml [--workers N] [--threads T] [--settings A,B] [--stop-after-failures K]
+[--hours H] [--report-only]`: run a study, then write its report (docs/study.md)."""
+from __future__ import annotations
+
+import argparse
+import math
+import signal
+
+from mtsmart.recipes.study.spec import StudyError, load_study
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser("study", help="run a pre-registered study (variants × settings × seeds) and report it")
+    parser.add_argument("study", help="the study file (YAML)")
+    parser.add_argument("--workers", type=int, default=2, help="training processes at once (default 2)")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads per process (default 1)")
+    parser.add_argument("--settings", default=None,
+                        help="comma-separated settings to run (default all); the report covers every setting. "
+                             "Machines can share a study by setting: their run folders never overlap")
+    parser.add_argument("--stop-after-failures", type=int, default=3, metavar="K",
+                        help="start no more runs once K runs in a row have failed (default 3): a cause they "
+                             "share, such as data that cannot be found, would fail every run in turn")
+    parser.add_argument("--hours", type=float, default=None, metavar="H",
+                        help="end within H hours: start a run only if the finished runs' times say it ends in "
+                             "time (for a machine with a time limit, where a killed run loses its work since "
+                             "its last checkpoint); rerun to continue")
+    parser.add_argument("--report-only", action="store_true", help="write report.md / report.png from the finished runs; run nothing")
+    parser.set_defaults(handler=run)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def run(args: argparse.Namespace) -> int:
+    from mtsmart.recipes.study.report import write_report
+    from mtsmart.recipes.study.runner import run_study
+
+    if args.workers < 1 or args.threads < 1 or args.stop_after_failures < 1:
+        raise StudyError("--workers, --threads and --stop-after-failures must be at least 1")
+    if args.hours is not None and not (math.isfinite(args.hours) and args.hours > 0):
+        raise StudyError(f"--hours must be a positive number of hours, not {args.hours}")
+    study = load_study(args.study)
+    settings = None if args.settings is None else [name.strip() for name in args.settings.split(",") if name.strip()]
+    unknown = [name for name in settings or [] if name not in study.settings]
+    if unknown or settings == []:
+        raise StudyError(f"--settings: {'unknown setting ' + repr(unknown[0]) if unknown else 'no setting given'}; "
+                         f"the study has {list(study.settings)}")
+    # `kill` (SIGTERM) stops a study run in the background (where SIGINT is ignored) the same
+    # clean way as Ctrl-C: the children stop and resume from their checkpoints next time.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        outcome = None if args.report_only else run_study(
+            study, args.workers, args.threads, settings, stop_after_failures=args.stop_after_failures,
+            hours=args.hours)
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to continue (finished runs are kept, the others resume)")
+        return 130
+    md, png = write_report(study)
+    print(f"report: {md} and {png}")
+    if outcome is not None and outcome.stopped:
+        print(f"stopped early: {outcome.stopped}; fix that and rerun the same command "
+              f"(finished runs are kept, the others resume or start again)")
+        return 1
+    if outcome is not None and outcome.failed:
+        print(f"{len(outcome.failed)} runs failed; their train.log says why; rerun the same command to retry them")
+        return 1
+    if outcome is not None and outcome.out_of_time:
+        print(f"out of time: {outcome.out_of_time} run{'' if outcome.out_of_time == 1 else 's'} left, none expected "
+              f"to end within --hours {args.hours:g}; rerun to continue (finished runs are kept)")
+    return 0

@@ -1,0 +1,144 @@
+"""What finished runs left (results.json), the grid point chosen on the tune seeds, and the
+statistics reported on the report seeds: mean ± std, best of 3, seed-paired differences."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from scipy import stats as scipy_stats
+
+from mtsmart.recipes.study.spec import Job, Study
+
+RESULTS = "results.json"
+
+
+def run_metric(folder: Path, metric: str) -> Optional[float]:
+    """The run's final dev `metric` (results.json "final"), or None if the run has not finished."""
+    path = folder / RESULTS
+    if not path.is_file():
+        return None
+    final = json.loads(path.read_text(encoding="utf-8")).get("final", {})
+    if metric not in final:
+        raise KeyError(f"{path}: no metric {metric!r} in final (has {sorted(final)})")
+    return float(final[metric])
+
+
+def metrics_by_seed(study: Study, setting: str, variant: str, point: str, seeds: list[int]) -> dict[int, float]:
+    """{seed: metric} of the finished runs among `seeds`."""
+    found = {}
+    for seed in seeds:
+        job = Job(setting, variant, point, seed, "", {})
+        value = run_metric(job.folder(study.runs_dir), study.metric)
+        if value is not None:
+            found[seed] = value
+    return found
+
+
+def chosen_point(study: Study, setting: str, variant: str) -> Optional[str]:
+    """The variant's grid point with the best mean metric over the tune seeds (the first on a
+    tie), or None while one of its tune runs in this setting is unfinished."""
+    points = study.points(variant)
+    if len(points) == 1:
+        return points[0][0]
+    means = []
+    for point, _ in points:
+        found = metrics_by_seed(study, setting, variant, point, study.tune_seeds)
+        if len(found) < len(study.tune_seeds):
+            return None
+        means.append((sum(found.values()) / len(found), point))
+    best = max(mean for mean, _ in means)
+    return next(point for mean, point in means if mean == best)
+
+
+@dataclass
+class Summary:
+    n: int
+    mean: float
+    std: float  # sample standard deviation (n − 1); nan for n < 2
+    best_of_3: Optional[float]  # the best of the first three report seeds, as the paper reports
+
+
+def summarise(values: list[float]) -> Summary:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
+    return Summary(n, mean, std, max(values[:3]) if n >= 3 else None)
+
+
+@dataclass
+class PairedDifference:
+    n: int  # seeds where both runs finished
+    mean: float
+    low: float  # 95% confidence interval of the mean difference (Student's t, n − 1 dof)
+    high: float
+
+
+def paired_difference(values: dict[int, float], reference: dict[int, float], level: float = 0.95) -> Optional[PairedDifference]:
+    """Mean of value − reference over the seeds both have, with its t-interval; None under 2 seeds.
+
+    Pairing by seed removes what the two runs share (the same training subset, data order and
+    head initialisation), so the interval is far tighter than one from two independent means.
+    """
+    seeds = sorted(set(values) & set(reference))
+    if len(seeds) < 2:
+        return None
+    diffs = [values[s] - reference[s] for s in seeds]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    half = scipy_stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
+    return PairedDifference(n, mean, mean - half, mean + half)
+
+
+@dataclass
+class PairedRatio:
+    n: int  # seeds where both runs have a positive value
+    geometric_mean: float  # of the seed-paired ratios value / reference
+    low: float  # 95% confidence interval of the geometric mean (a t-interval on the log ratios)
+    high: float
+
+
+def paired_ratio(values: dict[int, float], reference: dict[int, float], level: float = 0.95) -> Optional[PairedRatio]:
+    """The geometric mean of the seed-paired ratios value / reference, with the t-interval of the
+    mean log ratio mapped back through exp; None under 2 pairs. For quantities that span orders of
+    magnitude (ℓs), where a ratio, not a difference, is what compares across runs."""
+    d = paired_difference({k: math.log(v) for k, v in values.items() if v > 0},
+                          {k: math.log(v) for k, v in reference.items() if v > 0}, level)
+    if d is None:
+        return None
+    return PairedRatio(d.n, math.exp(d.mean), math.exp(d.low), math.exp(d.high))
+
+
+def pooled_difference(
+    per_setting: list[tuple[dict[int, float], dict[int, float]]], level: float = 0.95
+) -> Optional[PairedDifference]:
+    """The unweighted mean over settings of each setting's mean seed-paired difference, with a
+    Welch–Satterthwaite t-interval: var = Σ sᵢ²/nᵢ / k², dof = (Σ sᵢ²/nᵢ)² / Σ (sᵢ²/nᵢ)²/(nᵢ − 1).
+
+    Each (values, reference) pair is one setting's {seed: metric}. Settings differ in their seed
+    noise, so each keeps its own variance; None unless every setting has ≥ 2 paired seeds. `n` is
+    the number of pairs over all settings.
+    """
+    means, variances, counts = [], [], []
+    for values, reference in per_setting:
+        seeds = sorted(set(values) & set(reference))
+        if len(seeds) < 2:
+            return None
+        diffs = [values[s] - reference[s] for s in seeds]
+        mean = sum(diffs) / len(diffs)
+        means.append(mean)
+        variances.append(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs))  # sᵢ²/nᵢ
+        counts.append(len(diffs))
+    if not means:
+        return None
+    k = len(means)
+    mean = sum(means) / k
+    total = sum(variances)
+    if total == 0:
+        return PairedDifference(sum(counts), mean, mean, mean)
+    dof = total ** 2 / sum(v ** 2 / (n - 1) for v, n in zip(variances, counts))
+    half = scipy_stats.t.ppf(0.5 + level / 2, dof) * math.sqrt(total) / k
+    return PairedDifference(sum(counts), mean, mean - half, mean + half)

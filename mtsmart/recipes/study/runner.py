@@ -1,0 +1,316 @@
+"""Runs a study's training runs in N worker processes, T threads each; resumable.
+
+Order: setting by setting, the tune runs first; a variant's report runs start as soon as its
+grid point is chosen (at once for a variant without a grid). A finished run (results.json) is
+skipped; an interrupted one continues from its latest checkpoint (`train.resume=auto`); one
+that left no checkpoint starts again. A run the study measures for robustness goes on, in the
+same worker slot, to `mtsmart robustness` once its training finishes; it is done when both are. Finished runs lose their checkpoints: what stays (config,
+results.json, TensorBoard events, the log) is small enough to commit, so a study can be
+continued later or elsewhere.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import yaml
+
+from mtsmart.recipes.study.results import RESULTS, chosen_point
+from mtsmart.recipes.study.run_times import Cell, fit_run_times, hours_to_go
+from mtsmart.recipes.study.spec import Job, Study
+
+RUN_CONFIG = "study_config.yaml"  # the run's config as the study built it (mtsmart train reads it)
+RUN_RECORD = "study_run.json"  # wall time and exit status, summed over resumed attempts
+CHECKPOINTS = "checkpoints"
+# Under a time budget a run starts only if this many times its expected time fits in what is
+# left: 154 of smart_parts' first 155 runs took at most 1.5x the fit's time, 29 over 1.25x
+# (other jobs on the machine, robustness measurements; docs/study.md).
+TIME_MARGIN = 1.5
+ROBUSTNESS = "robustness.json"  # written by `mtsmart robustness` into the run folder
+
+
+@dataclass
+class Running:
+    job: Job
+    process: subprocess.Popen
+    started: float
+    log: object
+    threads: int
+    robustness: Optional[tuple[str, ...]]  # `mtsmart robustness` options the run owes, or None
+    log_start: int  # where this attempt's output begins in train.log (earlier attempts' is above it)
+    stage: str = "train"  # the process: "train", then "robustness" when the run owes a measurement
+
+    def owes_robustness(self, runs_dir: Path) -> bool:
+        """Training finished, the robustness measurement not yet made."""
+        folder = self.job.folder(runs_dir)
+        return (self.stage == "train" and self.robustness is not None and self.process.returncode == 0
+                and is_finished(folder) and not (folder / ROBUSTNESS).is_file())
+
+
+def is_finished(folder: Path) -> bool:
+    return (folder / RESULTS).is_file()
+
+
+def is_done(job: Job, study: Study) -> bool:
+    """Finished, with its robustness measured when the study asks for it."""
+    folder = job.folder(study.runs_dir)
+    return is_finished(folder) and (not study.measures_robustness(job) or (folder / ROBUSTNESS).is_file())
+
+
+def has_checkpoint(folder: Path) -> bool:
+    checkpoints = folder / CHECKPOINTS
+    return checkpoints.is_dir() and any(p.name.startswith("step_") for p in checkpoints.iterdir())
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+def launch(job: Job, runs_dir: Path, threads: int, robustness: Optional[tuple[str, ...]] = None) -> Running:
+    folder = job.folder(runs_dir)
+    resume = has_checkpoint(folder)
+    if folder.exists() and not resume:
+        shutil.rmtree(folder)  # an attempt that left nothing to continue from: start it again
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {**job.overrides, "output_dir": str(folder)}
+    (folder / RUN_CONFIG).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    command = [sys.executable, "-m", "mtsmart", "train", str(folder / RUN_CONFIG)]
+    if resume:
+        command.append("train.resume=auto")
+    log = open(folder / "train.log", "a", encoding="utf-8")
+    log_start = log.tell()
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=thread_env(threads))
+    return Running(job, process, time.monotonic(), log, threads, robustness, log_start)
+
+
+def launch_robustness(trained: Running, runs_dir: Path) -> Running:
+    """`mtsmart robustness` of a run whose training just finished, in the same worker slot, from
+    its last checkpoint (output appended to train.log; the attempt's clock keeps running)."""
+    folder = trained.job.folder(runs_dir)
+    command = [sys.executable, "-m", "mtsmart", "robustness", "--run", str(folder), *trained.robustness]
+    process = subprocess.Popen(command, stdout=trained.log, stderr=subprocess.STDOUT, env=thread_env(trained.threads))
+    return Running(trained.job, process, trained.started, trained.log, trained.threads, trained.robustness,
+                   trained.log_start, "robustness")
+
+
+def record(running: Running, runs_dir: Path) -> bool:
+    """Notes the attempt's wall time and status; drops a finished run's checkpoints."""
+    running.log.close()
+    folder = running.job.folder(runs_dir)
+    path = folder / RUN_RECORD
+    previous = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"seconds": 0.0, "attempts": 0}
+    finished = is_finished(folder) and (running.robustness is None or (folder / ROBUSTNESS).is_file())
+    entry = {
+        "phase": running.job.phase,
+        "seconds": previous["seconds"] + time.monotonic() - running.started,
+        "attempts": previous["attempts"] + 1,
+        "returncode": running.process.returncode,
+        "finished": finished,
+    }
+    path.write_text(json.dumps(entry, indent=2) + "\n", encoding="utf-8")
+    if finished and (folder / CHECKPOINTS).exists():
+        shutil.rmtree(folder / CHECKPOINTS)
+    return finished
+
+
+def drop_finished_checkpoints(study: Study) -> None:
+    """Checkpoints of runs that finished while the runner was not watching (an interrupt), unless
+    the run still owes its robustness measurement, which needs them."""
+    if not study.runs_dir.is_dir():
+        return
+    for results in study.runs_dir.glob(f"**/{RESULTS}"):
+        folder = results.parent
+        setting, variant, point, seed = folder.relative_to(study.runs_dir).parts
+        phase = "report" if int(seed.removeprefix("seed_")) in study.report_seeds else "tune"
+        job = Job(setting, variant, point, int(seed.removeprefix("seed_")), phase, {})
+        if (folder / CHECKPOINTS).exists() and is_done(job, study):
+            shutil.rmtree(folder / CHECKPOINTS)
+
+
+class Queue:
+    """The study's runs (of `settings`, default all) in priority order; report runs appear once
+    their point is chosen."""
+
+    def __init__(self, study: Study, settings: Optional[list[str]] = None):
+        self.study = study
+        self.settings = list(study.settings) if settings is None else settings
+        drop_finished_checkpoints(study)
+        self.tune = {s: [j for j in study.tune_jobs(s) if not is_finished(j.folder(study.runs_dir))] for s in self.settings}
+        self.report = {s: [(v, seed) for v in study.variants for seed in study.report_seeds] for s in self.settings}
+
+    def next_ready(self, fits: Callable[[Job], bool] = lambda job: True) -> Optional[Job]:
+        """The first run that can start now and `fits` (each run is handed out once), or None.
+        Within a setting, report runs of variants whose point is chosen go first (the baseline's
+        among them), so paired comparisons complete early; then the remaining tune runs. A run
+        that does not fit stays queued."""
+        for setting in self.settings:
+            for variant, seed in list(self.report[setting]):
+                point = chosen_point(self.study, setting, variant)
+                if point is None:
+                    continue
+                job = self.study.report_job(setting, variant, point, seed)
+                if is_done(job, self.study):
+                    self.report[setting].remove((variant, seed))
+                elif fits(job):
+                    self.report[setting].remove((variant, seed))
+                    return job
+            for job in self.tune[setting]:
+                if fits(job):
+                    self.tune[setting].remove(job)
+                    return job
+        return None
+
+    def pending(self) -> list[Cell]:
+        """(setting, variant) of each run not yet handed out and not done."""
+        cells = [(job.setting, job.variant) for jobs in self.tune.values() for job in jobs]
+        for setting, items in self.report.items():
+            points = {variant: chosen_point(self.study, setting, variant) for variant in {v for v, _ in items}}
+            for variant, seed in items:
+                point = points[variant]
+                if point is None or not is_done(self.study.report_job(setting, variant, point, seed), self.study):
+                    cells.append((setting, variant))
+        return cells
+
+    def remaining(self) -> int:
+        return len(self.pending())
+
+
+@dataclass
+class Outcome:
+    failed: list[Job]  # runs that ended without finishing (the others are done)
+    stopped: Optional[str] = None  # why the runner stopped starting runs before the queue was empty
+    out_of_time: int = 0  # runs left unstarted because none of them fitted in the time budget
+
+
+class TimeBudget:
+    """`--hours`: a run starts only if the study's finished runs say it ends in time (its
+    setting's and variant's expected seconds, mtsmart.recipes.study.run_times, times TIME_MARGIN). Before
+    any run has finished nothing can be predicted, and every run fits."""
+
+    def __init__(self, study: Study, hours: float):
+        self.deadline = time.monotonic() + hours * 3600
+        self.refit(finished_run_seconds(study))
+
+    def refit(self, observed: dict[Cell, list[float]]) -> None:
+        """Predict from these finished runs' times (finished_run_seconds, after a run finishes)."""
+        self.expected = fit_run_times(observed) if observed else None
+
+    def fits(self, job: Job) -> bool:
+        if self.expected is None:
+            return True
+        return time.monotonic() + TIME_MARGIN * self.expected((job.setting, job.variant)) <= self.deadline
+
+
+def run_study(
+    study: Study, workers: int, threads: int, settings: Optional[list[str]] = None,
+    stop_after_failures: int = 3, poll_seconds: float = 2.0, hours: Optional[float] = None,
+) -> Outcome:
+    """Runs every unfinished run (of `settings`, default all: machines can share a study by
+    setting, their run folders never overlap). After `stop_after_failures` runs in a row fail —
+    a cause every run shares, such as data that cannot be found, would otherwise fail the whole
+    queue one run at a time — it starts no more, lets the running ones end, and says why. With
+    `hours`, it starts only runs expected to end within that many hours (TimeBudget) and ends
+    when none is left that fits; a run killed at a machine's time limit would lose its work
+    since its last checkpoint."""
+    queue, running, failed = Queue(study, settings), [], []
+    budget = None if hours is None else TimeBudget(study, hours)
+    fits = (lambda job: True) if budget is None else budget.fits
+    failures_in_a_row, stopped = 0, None
+    # Whether a run may be startable: a report run becomes ready and an estimate changes only when
+    # a run ends, and the time left only shrinks, so between two endings nothing new can start.
+    look_for_runs = True
+    left = queue.remaining()
+    print(f"study {study.name}: {left} run{'' if left == 1 else 's'} to consider, {workers} workers × {threads} threads",
+          flush=True)
+    try:
+        while True:
+            while look_for_runs and len(running) < workers and stopped is None:
+                job = queue.next_ready(fits)
+                if job is None:
+                    break
+                plan = study.robustness.args if study.measures_robustness(job) else None
+                running.append(launch(job, study.runs_dir, threads, plan))
+                print(f"start  {_name(job)} ({job.phase})", flush=True)
+            look_for_runs = False
+            if not running:
+                break
+            time.sleep(poll_seconds)
+            for item in [r for r in running if r.process.poll() is not None]:
+                running.remove(item)
+                look_for_runs = True
+                if item.owes_robustness(study.runs_dir):
+                    running.append(launch_robustness(item, study.runs_dir))
+                    print(f"robust {_name(item.job)} (training done; measuring robustness)", flush=True)
+                    continue
+                done = record(item, study.runs_dir)
+                seconds = time.monotonic() - item.started
+                if done:
+                    failures_in_a_row = 0
+                    observed = finished_run_seconds(study)
+                    if budget is not None:
+                        budget.refit(observed)
+                    pending = queue.pending()
+                    left = len(pending) + len(running)
+                    print(f"done   {_name(item.job)} in {seconds:.0f} s; {left} left{_estimate(observed, pending, running, workers)}",
+                          flush=True)
+                    continue
+                failed.append(item.job)
+                failures_in_a_row += 1
+                reason = last_error_line(item.job.folder(study.runs_dir) / "train.log", item.log_start)
+                print(f"FAILED {_name(item.job)} (exit {item.process.returncode}) in {seconds:.0f} s: {reason}", flush=True)
+                if failures_in_a_row >= stop_after_failures and stopped is None:
+                    stopped = f"{failures_in_a_row} runs in a row failed, the last with: {reason}"
+                    print(f"stopping: {failures_in_a_row} runs in a row failed; starting no more runs", flush=True)
+    finally:
+        for item in running:  # interrupted: stop the children; they resume from their checkpoints
+            item.process.terminate()
+            item.process.wait()
+            record(item, study.runs_dir)
+    return Outcome(failed, stopped, queue.remaining() if budget is not None and stopped is None else 0)
+
+
+def last_error_line(log: Path, start: int = 0) -> str:
+    """What a failed attempt (its output from byte `start` of train.log) said last: mtsmart's
+    one-line error when it gave one, else its last line (train.log holds the whole of it)."""
+    with open(log, "rb") as handle:
+        handle.seek(start)
+        text = handle.read().decode("utf-8", errors="replace")
+    lines = [line.strip() for line in text.replace("\r", "\n").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("mtsmart: ")]
+    return (errors or lines or ["(train.log is empty)"])[-1]
+
+
+def finished_run_seconds(study: Study) -> dict[Cell, list[float]]:
+    """(setting, variant) → the wall seconds of each of its finished runs (study_run.json, all
+    attempts and the robustness measurement included), from every invocation that wrote them."""
+    found: dict[Cell, list[float]] = {}
+    if not study.runs_dir.is_dir():
+        return found
+    for path in study.runs_dir.glob(f"*/*/*/*/{RUN_RECORD}"):
+        entry = json.loads(path.read_text(encoding="utf-8"))
+        if entry.get("finished"):
+            setting, variant = path.relative_to(study.runs_dir).parts[:2]
+            found.setdefault((setting, variant), []).append(float(entry["seconds"]))
+    return found
+
+
+def _estimate(observed: dict[Cell, list[float]], pending: list[Cell], running: list[Running], workers: int) -> str:
+    """A rough time to go (mtsmart.recipes.study.run_times): each run left at what the finished runs
+    (`observed`) say its setting and variant cost, `workers` at a time."""
+    if not pending and not running:
+        return ""
+    now = time.monotonic()
+    hours = hours_to_go(observed, pending,
+                        [((r.job.setting, r.job.variant), now - r.started) for r in running], workers)
+    return "" if hours is None else f", about {hours:.1f} h more"
+
+
+def _name(job: Job) -> str:
+    return f"{job.setting}/{job.variant}/{job.point}/seed_{job.seed}"

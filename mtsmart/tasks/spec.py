@@ -1,0 +1,133 @@
+"""Task definitions as data: one YAML file per task under `tasks/` (MT-DNN's idea, typed here).
+
+A task file looks like::
+
+    name: rte
+    type: classification          # classification | regression | ranking
+    labels: [entailment, not_entailment]
+    metrics: [accuracy]
+    dropout: 0.1                   # dropout of this task's head
+    eval_splits: {rte: dev}        # evaluation name -> split name
+    local: {...}                   # how to read the files under data.root (mtsmart.data.readers)
+    hub: {...}                     # how to read it from the Hugging Face hub
+
+See tasks/README.md for every key.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from mtsmart.tasks.types import TASK_TYPES
+
+KNOWN_METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman", "acc_at_1", "mrr")
+
+# tasks/ beside the package: the task files of an editable install or a source checkout.
+DEFAULT_TASKS_DIR = Path(__file__).resolve().parents[2] / "tasks"  # the checkout's tasks/, beside mtsmart/
+
+
+class TaskSpecError(ValueError):
+    """A task file that cannot be used; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    type: str
+    metrics: tuple[str, ...]
+    labels: tuple[str, ...] = ()  # class names (classification); candidate labels (ranking)
+    positive_label: Optional[str] = None  # ranking: the label that marks the right candidate
+    score_range: Optional[tuple[float, float]] = None  # regression: valid target range
+    dropout: float = 0.1
+    eval_splits: dict[str, str] = field(default_factory=dict)  # eval name -> split name
+    local: dict[str, Any] = field(default_factory=dict)
+    hub: dict[str, Any] = field(default_factory=dict)
+    source_file: str = ""
+
+    @property
+    def num_outputs(self) -> int:
+        """Width of the head: one logit per class, or one score per sequence."""
+        return TASK_TYPES[self.type].num_outputs(self.labels)
+
+
+_REQUIRED = ("name", "type", "metrics")
+_ALLOWED = {
+    "name", "type", "metrics", "labels", "positive_label", "score_range", "dropout",
+    "eval_splits", "local", "hub", "description",
+}
+
+
+def _fail(path: Path, message: str) -> TaskSpecError:
+    return TaskSpecError(f"{path}: {message}")
+
+
+def parse_task_spec(raw: dict[str, Any], path: Path) -> TaskSpec:
+    if not isinstance(raw, dict):
+        raise _fail(path, "a task file must hold a mapping")
+    unknown = sorted(set(raw) - _ALLOWED)
+    if unknown:
+        raise _fail(path, f"unknown key(s) {unknown}; allowed: {sorted(_ALLOWED)}")
+    for key in _REQUIRED:
+        if key not in raw:
+            raise _fail(path, f"missing key {key!r}")
+    task_type = raw["type"]
+    if task_type not in TASK_TYPES:
+        raise _fail(path, f"key 'type': {task_type!r} is not one of {tuple(TASK_TYPES)}")
+    metrics = tuple(raw["metrics"])
+    for metric in metrics:
+        if metric not in KNOWN_METRICS:
+            raise _fail(path, f"key 'metrics': unknown metric {metric!r}; known: {KNOWN_METRICS}")
+    raw_labels = raw.get("labels", ())
+    for label in raw_labels:
+        # YAML reads unquoted no/yes/true/1 as booleans or numbers: the data then never matches.
+        if not isinstance(label, str):
+            raise _fail(path, f"key 'labels': {label!r} is not a string; quote labels in YAML, e.g. [\"0\", \"1\"]")
+    labels = tuple(raw_labels)
+    positive = raw.get("positive_label")
+    problem = TASK_TYPES[task_type].check_labels(labels, positive)
+    if problem:
+        raise _fail(path, problem)
+    score_range = raw.get("score_range")
+    if score_range is not None:
+        if not isinstance(score_range, list) or len(score_range) != 2:
+            raise _fail(path, f"key 'score_range': {score_range!r} must be [low, high]")
+        score_range = (float(score_range[0]), float(score_range[1]))
+    dropout = raw.get("dropout", 0.1)
+    if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise _fail(path, f"key 'dropout': {dropout!r} must be a number in [0, 1)")
+    name = str(raw["name"])
+    eval_splits = dict(raw.get("eval_splits") or {name: "dev"})
+    return TaskSpec(
+        name=name,
+        type=task_type,
+        metrics=metrics,
+        labels=labels,
+        positive_label=positive,
+        score_range=score_range,
+        dropout=float(dropout),
+        eval_splits=eval_splits,
+        local=dict(raw.get("local") or {}),
+        hub=dict(raw.get("hub") or {}),
+        source_file=str(path),
+    )
+
+
+def load_task_spec(name_or_path: str, tasks_dir: Path | str = DEFAULT_TASKS_DIR) -> TaskSpec:
+    """A task by name (`tasks_dir/<name>.yaml`) or by the path of a YAML file."""
+    candidate = Path(name_or_path)
+    path = candidate if candidate.suffix in (".yaml", ".yml") else Path(tasks_dir) / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in Path(tasks_dir).glob("*.yaml"))
+        raise TaskSpecError(f"unknown task {name_or_path!r}: no file {path}; known tasks: {known}")
+    with open(path, encoding="utf-8") as handle:
+        try:
+            raw = yaml.safe_load(handle)
+        except yaml.YAMLError as error:
+            raise _fail(path, f"not valid YAML: {error}") from None
+    spec = parse_task_spec(raw, path)
+    if candidate.suffix not in (".yaml", ".yml") and spec.name != name_or_path:
+        raise _fail(path, f"key 'name': {spec.name!r} differs from the file name {name_or_path!r}")
+    return spec
