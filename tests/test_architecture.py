@@ -268,3 +268,49 @@ def test_the_options_name_what_the_arithmetic_implements():
 
     assert set(smart_config.DIVERGENCES) == set(divergence.DIVERGENCES)
     assert smart_config.NORMS == perturbation.NORMS and smart_config.LEVELS == perturbation.LEVELS
+
+
+def to_flat_adversarial(config: dict) -> dict:
+    """A config as mtsmart wrote it before one section per method (issue 27)."""
+    old = {key: value for key, value in config.items() if key not in ("fgsm", "fgm", "pgd", "freelb", "gradient_penalty", "r3f", "rdrop")}
+    old["smart"] = {k: v for k, v in config["smart"].items() if k != "guard"}
+    old["adversarial"] = {"method": config["adversarial"]["method"], "scope": config["fgm"]["scope"],
+                          "epsilon": config["fgm"]["epsilon"], "step_size": 0.3, "steps": 3, "norm": "auto",
+                          "init": "normal", "init_scale": 1e-5, "weight": config["fgm"]["weight"]}
+    return old
+
+
+def convert_run_to_flat_adversarial(out: Path) -> None:
+    import hashlib
+    import json
+
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    if "fgm" in config:
+        (out / "config.yaml").write_text(yaml.safe_dump(to_flat_adversarial(config)))
+    for checkpoint in (out / "checkpoints").iterdir():
+        state = json.loads((checkpoint / "state.json").read_text())
+        state["config"] = to_flat_adversarial(state["config"])
+        (checkpoint / "state.json").write_text(json.dumps(state))
+        sums = json.loads((checkpoint / "checksums.json").read_text())
+        sums["state.json"] = hashlib.sha256((checkpoint / "state.json").read_bytes()).hexdigest()
+        (checkpoint / "checksums.json").write_text(json.dumps(sums))
+
+
+def test_a_run_directory_written_before_the_method_sections_resumes_and_evaluates(tmp_path, train_tiny, capsys):
+    """config.yaml and every checkpoint's saved config in the old flat form: `train.resume=auto`
+    continues the run, and `evaluate` gives the logged results."""
+    import json
+
+    from mtsmart.cli import main
+
+    run = ["tasks=[rte]", "adversarial.method=fgm", "fgm.epsilon=0.5", "fgm.weight=0.7", "bregman.mu=0",
+           "train.max_steps=3", "train.save_every_steps=1"]
+    out = train_tiny(tmp_path / "run", *run, "train.stop_after_steps=1")
+    convert_run_to_flat_adversarial(out)
+    capsys.readouterr()
+    train_tiny(out, *run, "train.resume=auto")
+    assert "resume: from" in capsys.readouterr().out
+    convert_run_to_flat_adversarial(out)
+    assert main(["evaluate", "--run", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["step"] == 3 and report["results"] == json.loads((out / "results.json").read_text())["final"]
