@@ -8,9 +8,12 @@ that load a run (`mtsmart.components.run_dir`), the Trainer integration and the 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel
@@ -18,6 +21,7 @@ from transformers import AutoConfig, AutoModel
 from mtsmart.components import distributed
 from mtsmart.regularisers.bregman import BregmanProximal
 from mtsmart.options.config import Config
+from mtsmart.options.mix import MixConfig
 from mtsmart.data.encoding import encode_split
 from mtsmart.data.loader import TaskLoader, eval_batches, subsample
 from mtsmart.data.readers import read_split
@@ -25,6 +29,7 @@ from mtsmart.components.evaluate import EvalSet
 from mtsmart.support.io import atomic_write_text
 from mtsmart.model.multitask import TINY, MultiTaskModel, load_encoder, load_tokenizer, resolve_pretrained_path
 from mtsmart.tasks.spec import DEFAULT_TASKS_DIR, TaskSpec, load_task_spec
+from mtsmart.tasks.types import task_type_of
 
 RUN_TASKS_DIR = "tasks"  # a run's copies of its task files: evaluation reads these, not today's tasks/
 
@@ -60,8 +65,68 @@ def load_specs(cfg: Config) -> dict[str, TaskSpec]:
 
 
 def save_task_files(specs: dict[str, TaskSpec], folder: Path) -> None:
+    """The run's copies of its task files, with the target scaling the run resolved appended."""
     for name, spec in specs.items():
-        atomic_write_text(folder / f"{name}.yaml", Path(spec.source_file).read_text(encoding="utf-8"))
+        text = Path(spec.source_file).read_text(encoding="utf-8")
+        if (spec.target_center, spec.target_scale) != (0.0, 1.0):
+            text = (text.rstrip("\n") + "\n# resolved by mix.regression_targets for this run:\n"
+                    f"target_center: {spec.target_center!r}\ntarget_scale: {spec.target_scale!r}\n")
+        atomic_write_text(folder / f"{name}.yaml", text)
+
+
+def task_loss_weights(specs: dict[str, TaskSpec], mix: MixConfig) -> dict[str, float]:
+    """w_task per task: `mix.loss_weights` or the task file's `loss_weight`, × 1/log C under
+    `mix.loss_scale=log_classes` for a C-way classification (Muppet; other types × 1)."""
+    weights = {}
+    for name, spec in specs.items():
+        weight = mix.loss_weights.get(name, spec.loss_weight)
+        classes = task_type_of(spec).classes(spec)
+        if mix.loss_scale == "log_classes" and classes is not None:
+            weight /= math.log(classes)
+        weights[name] = weight
+    return weights
+
+
+def resolve_target_scaling(spec: TaskSpec, mode: str, train_labels: np.ndarray) -> TaskSpec:
+    """A regression task's (target_center, target_scale) by `mix.regression_targets`: the midpoint
+    and half-width of its score_range (the range maps to [−1, 1]), or its training labels' mean
+    and standard deviation; other tasks and `raw` are returned as they are."""
+    if mode == "raw" or not task_type_of(spec).scores:
+        return spec
+    if mode == "score_range":
+        if spec.score_range is None:
+            raise ValueError(f"mix.regression_targets=score_range: task {spec.name!r} has no score_range in {spec.source_file}")
+        low, high = spec.score_range
+        return dataclasses.replace(spec, target_center=(low + high) / 2, target_scale=(high - low) / 2)
+    center, spread = float(np.mean(train_labels)), float(np.std(train_labels))
+    if not spread > 0:
+        raise ValueError(f"mix.regression_targets=train_stats: task {spec.name!r}'s training labels have no spread")
+    return dataclasses.replace(spec, target_center=center, target_scale=spread)
+
+
+def training_items(cfg: Config, specs: dict[str, TaskSpec], tokenizer) -> dict[str, list]:
+    """Each task's encoded training examples, subsampled as `data.train_fraction` / `train_examples` say."""
+    items = {}
+    for name, spec in specs.items():
+        encoded = encode_split(spec, read_split(spec, "train", cfg.data), tokenizer, cfg.data.max_seq_len)
+        items[name] = subsample(encoded, cfg.data.train_fraction, cfg.train.seed, cfg.data.train_examples)
+    return items
+
+
+def resolve_target_scalings(cfg: Config, specs: dict[str, TaskSpec], items: dict[str, list]) -> dict[str, TaskSpec]:
+    """The specs with each regression task's target scaling resolved from its training items."""
+    return {name: resolve_target_scaling(spec, cfg.mix.regression_targets,
+                                         np.asarray([item.label for item in items[name] if item.label is not None], dtype=float))
+            for name, spec in specs.items()}
+
+
+def in_loss_units(spec: TaskSpec, items: list) -> list:
+    """Training items with their labels as the loss reads them (standardised regression scores)."""
+    if (spec.target_center, spec.target_scale) == (0.0, 1.0):
+        return items
+    kind = task_type_of(spec)
+    return [dataclasses.replace(item, label=float(kind.loss_target(np.float64(item.label), spec)))
+            if item.label is not None else item for item in items]
 
 
 def load_run_specs(run: Path, cfg: Config) -> dict[str, TaskSpec]:
@@ -73,16 +138,16 @@ def load_run_specs(run: Path, cfg: Config) -> dict[str, TaskSpec]:
 
 
 def build_train_loaders(
-    cfg: Config, specs: dict[str, TaskSpec], tokenizer, world: distributed.World = distributed.ONE_PROCESS
+    cfg: Config, specs: dict[str, TaskSpec], items: dict[str, list], tokenizer,
+    world: distributed.World = distributed.ONE_PROCESS,
 ) -> dict[str, TaskLoader]:
-    """One loader per task; each rank takes its shard of every global micro-batch."""
+    """One loader per task over its `training_items`, labels in the loss's units; each rank takes
+    its shard of every global micro-batch."""
     loaders = {}
     for name, spec in specs.items():
-        items = encode_split(spec, read_split(spec, "train", cfg.data), tokenizer, cfg.data.max_seq_len)
-        items = subsample(items, cfg.data.train_fraction, cfg.train.seed, cfg.data.train_examples)
         loaders[name] = TaskLoader(
             name,
-            items,
+            in_loss_units(spec, items[name]),
             batch_size=cfg.train.batch_size // cfg.train.grad_accum,
             seed=cfg.train.seed,
             pad_token_id=tokenizer.pad_token_id,

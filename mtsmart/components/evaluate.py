@@ -69,7 +69,8 @@ def collect(spec: TaskSpec, outputs: Iterable[tuple[Batch, torch.Tensor]]) -> Ta
     if grouped:
         scores, mask = _pad_rows(ordered)
         return TaskPredictions(outputs=scores, mask=mask, labels=gold)
-    return TaskPredictions(outputs=np.stack(ordered), mask=None, labels=gold)
+    # Regression heads trained on standardised targets give scores in the task's units here.
+    return TaskPredictions(outputs=task_type_of(spec).to_task_units(np.stack(ordered), spec), mask=None, labels=gold)
 
 
 @torch.inference_mode()

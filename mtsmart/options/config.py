@@ -24,6 +24,7 @@ from mtsmart.options.regularisers import (
 )
 from mtsmart.options.bregman import BregmanConfig
 from mtsmart.options.data import DataConfig
+from mtsmart.options.mix import MixConfig
 from mtsmart.options.smart import SmartConfig
 
 
@@ -31,6 +32,8 @@ from mtsmart.options.smart import SmartConfig
 # with the name(s) that replaced it.
 RENAMED_KEYS: dict[str, tuple[str, ...]] = {
     "smart.noise_std": ("smart.init_scale",),
+    "data.sampling": ("mix.sampling",),  # task sampling moved beside the rest of task balancing
+    "data.temperature": ("mix.temperature",),
     # The shared adversarial.* options became one section per method (each key one meaning).
     "adversarial.alpha": ("pgd.step_size", "freelb.step_size"),
     "adversarial.step_size": ("pgd.step_size", "freelb.step_size"),
@@ -162,6 +165,7 @@ class Config:
     gradient_penalty: GradientPenaltyConfig = field(default_factory=GradientPenaltyConfig)
     r3f: R3FConfig = field(default_factory=R3FConfig)
     rdrop: RDropConfig = field(default_factory=RDropConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -169,6 +173,10 @@ class Config:
         repeated = sorted({name for name in self.tasks if self.tasks.count(name) > 1})
         if repeated:
             raise ValueError(f"tasks: {repeated[0]!r} is listed twice in {self.tasks}")
+        names = {Path(task).stem for task in self.tasks}
+        unknown = sorted(set(self.mix.loss_weights) - names)
+        if unknown:
+            raise ValueError(f"mix.loss_weights: {unknown[0]!r} is not one of this run's tasks {sorted(names)}")
 
     def regulariser_options(self) -> Any:
         """The section of the method `adversarial.method` chooses (None for plain fine-tuning)."""
@@ -199,6 +207,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping such as {{name: value}}, got {value!r}")
+        return {_coerce(k, args[0], f"{key} (a name)"): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true/false, got {value!r}")
@@ -259,8 +271,9 @@ def renamed_to_current(data: dict[str, Any]) -> dict[str, Any]:
     load and resume. A config a person writes keeps getting the refusal that names the new key."""
     current = {section: dict(value) if isinstance(value, dict) else value for section, value in data.items()}
     smart, adversarial = current.get("smart"), current.get("adversarial")
-    if isinstance(smart, dict) and "noise_std" in smart:
-        smart["init_scale"] = smart.pop("noise_std")
+    for old, new in RENAMED_KEYS.items():
+        if len(new) == 1:
+            _move_key(current, old, new[0])
     if isinstance(smart, dict) and "guard" not in smart and smart.get("update", "paper") != "paper" and "epsilon" in smart:
         smart["guard"] = smart.pop("epsilon")  # ε was only the division guard of these rules
     if isinstance(adversarial, dict):
@@ -271,6 +284,17 @@ def renamed_to_current(data: dict[str, Any]) -> dict[str, Any]:
         if isinstance(block, dict) and block.get(name) in values:
             block[name] = values[block[name]]
     return current
+
+
+def _move_key(current: dict[str, Any], old: str, new: str) -> None:
+    """`section.key` to its new `section.key` (another section, too) in a saved config, if there."""
+    old_section, old_key = old.split(".")
+    new_section, new_key = new.split(".")
+    block = current.get(old_section)
+    if isinstance(block, dict) and old_key in block:
+        target = current.setdefault(new_section, {})
+        if isinstance(target, dict):
+            target[new_key] = block.pop(old_key)
 
 
 def _move_adversarial_options(current: dict[str, Any], adversarial: dict[str, Any]) -> None:

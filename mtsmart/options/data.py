@@ -19,8 +19,6 @@ class DataConfig:
     train_fraction: float = 1.0  # keep a seed-deterministic fraction of each training set
     train_examples: int = 0  # keep this many seed-chosen examples of each training set (0 = all; not with train_fraction)
     group_by_length: bool = False  # batches of similar lengths (less padding), still shuffled
-    sampling: Literal["proportional", "temperature", "uniform"] = "proportional"  # task sampling
-    temperature: float = 2.0  # sampling=temperature: p_task ∝ n_task^(1/temperature)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.train_fraction <= 1.0:
@@ -31,5 +29,3 @@ class DataConfig:
             raise ValueError("data.train_examples and data.train_fraction both subsample; give one of them")
         if self.max_seq_len < 8:
             raise ValueError(f"data.max_seq_len: {self.max_seq_len} is too short (at least 8)")
-        if self.temperature <= 0:
-            raise ValueError(f"data.temperature: {self.temperature} must be positive")

@@ -72,6 +72,8 @@ def type_text(tp: Any) -> str:
         return f"{type_text(inner[0])} or null"
     if origin is list:
         return f"list of {type_text(args[0])}"
+    if origin is dict:
+        return f"mapping of {type_text(args[0])} → {type_text(args[1])}"
     return getattr(tp, "__name__", str(tp))
 
 

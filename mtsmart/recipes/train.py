@@ -96,20 +96,22 @@ class Trainer:
         # Its options are checked against the task types here, before anything is loaded.
         self.adversary = build_adversary(cfg.regulariser_options(), task_types_of(self.specs))
         self.tokenizer = build.build_tokenizer(cfg)
-        self.loaders = build.build_train_loaders(cfg, self.specs, self.tokenizer, self.world)
+        items = build.training_items(cfg, self.specs, self.tokenizer)
+        # Regression targets standardised for the loss (mix.regression_targets) are resolved into the specs.
+        self.specs = build.resolve_target_scalings(cfg, self.specs, items)
+        self.loaders = build.build_train_loaders(cfg, self.specs, items, self.tokenizer, self.world)
         self.eval_sets = build.build_eval_sets(cfg, self.specs, self.tokenizer)
+        self.total_steps = build.total_steps(cfg, self.loaders)
         # The same seed on every rank: all ranks draw the same task at every step.
-        self.sampler = TaskSampler(
-            list(self.specs),
-            [len(loader.items) for loader in self.loaders.values()],
-            cfg.data.sampling,
-            cfg.data.temperature,
-            cfg.train.seed,
-        )
+        self.sampler = TaskSampler(list(self.specs), [len(loader.items) for loader in self.loaders.values()],
+                                   cfg.mix, self.total_steps, cfg.train.seed)
+        self.task_weights = build.task_loss_weights(self.specs, cfg.mix)
+        if self.world.is_main and len(self.specs) > 1:
+            print("tasks: " + ", ".join(f"{task} p={p:.3f} w={self.task_weights[task]:.3g}" for task, p in
+                                        zip(self.sampler.tasks, self.sampler.probabilities(0).tolist())), flush=True)
         self.model = distributed.wrap(build.build_model(cfg, self.specs, self.tokenizer, self.device), self.device)
         # Dropout and SMART's noise: an independent stream per rank (rank 0's is the one-process one).
         seed_everything(cfg.train.seed + self.world.rank)
-        self.total_steps = build.total_steps(cfg, self.loaders)
         self.warmup_steps = int(cfg.train.warmup_ratio * self.total_steps)
         # θ̃ is copied from the (broadcast) parameters, so it is identical on every rank.
         self.bregman = build.build_bregman(self.model, cfg, self.total_steps)
@@ -117,7 +119,7 @@ class Trainer:
         self.ddp_reduces = not self.adversary.extra_backward
         self.backward_calls = 0
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.precision == "fp16")
-        self.objective = Objective(self.adversary, self.bregman, self.backward, self.autocast)
+        self.objective = Objective(self.adversary, self.bregman, self.backward, self.autocast, self.task_weights)
         self.state = TrainState()
         if self.resume_from is not None:
             ckpt.load(self.resume_from, self.stateful(), cfg, self.world.rank, self.world.world_size)
@@ -157,7 +159,9 @@ class Trainer:
         save_config(self.cfg, self.out / f"config{suffix}.yaml")
         info = {**run_info(self.cfg, command_line), "world_size": self.world.world_size,
                 "precision": self.cfg.train.precision,
-                "malloc_keeps_freed_memory": self.keeps_freed_memory}
+                "malloc_keeps_freed_memory": self.keeps_freed_memory,
+                "task_loss_weights": self.task_weights,
+                "task_probabilities_at_start": dict(zip(self.sampler.tasks, self.sampler.probabilities(0).tolist()))}
         if self.resume_from is not None:
             info["resumed_from"] = str(self.resume_from)
         atomic_write_json(self.out / f"run_info{suffix}.json", info)
@@ -316,7 +320,7 @@ class Trainer:
         self.model.train()
         while self.state.step < self.total_steps:
             lr = self.set_lr()
-            task = self.sampler.next_task()
+            task = self.sampler.next_task(self.state.step)
             stats, examples, tokens = self.accumulate_gradients(task)
             grad_norm = self.optimizer_step(all(math.isfinite(v) for s in stats for v in s.values()))
             if grad_norm is None:

@@ -15,6 +15,8 @@ See tasks/README.md for every key.
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -42,6 +44,11 @@ class TaskSpec:
     positive_label: Optional[str] = None  # ranking: the label that marks the right candidate
     score_range: Optional[tuple[float, float]] = None  # regression: valid target range
     dropout: float = 0.1
+    loss_weight: float = 1.0  # w_task: this task's objective × w (mix.loss_weights overrides it per run)
+    # Regression: the loss trains on (y − target_center) / target_scale and predictions are mapped
+    # back (mtsmart.components.build.resolve_target_scaling writes these into a run's task files).
+    target_center: float = 0.0
+    target_scale: float = 1.0
     eval_splits: dict[str, str] = field(default_factory=dict)  # eval name -> split name
     local: dict[str, Any] = field(default_factory=dict)
     hub: dict[str, Any] = field(default_factory=dict)
@@ -55,13 +62,21 @@ class TaskSpec:
 
 _REQUIRED = ("name", "type", "metrics")
 _ALLOWED = {
-    "name", "type", "metrics", "labels", "positive_label", "score_range", "dropout",
-    "eval_splits", "local", "hub", "description",
+    "name", "type", "metrics", "labels", "positive_label", "score_range", "dropout", "loss_weight",
+    "target_center", "target_scale", "eval_splits", "local", "hub", "description",
 }
 
 
 def _fail(path: Path, message: str) -> TaskSpecError:
     return TaskSpecError(f"{path}: {message}")
+
+
+def _positive_number(raw: dict[str, Any], key: str, path: Path) -> float:
+    """An optional finite number > 0 (default 1)."""
+    value = raw.get(key, 1.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise _fail(path, f"key {key!r}: {value!r} must be a finite number > 0")
+    return float(value)
 
 
 def parse_task_spec(raw: dict[str, Any], path: Path) -> TaskSpec:
@@ -98,6 +113,12 @@ def parse_task_spec(raw: dict[str, Any], path: Path) -> TaskSpec:
     dropout = raw.get("dropout", 0.1)
     if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise _fail(path, f"key 'dropout': {dropout!r} must be a number in [0, 1)")
+    loss_weight = _positive_number(raw, "loss_weight", path)
+    target_center, target_scale = raw.get("target_center", 0.0), _positive_number(raw, "target_scale", path)
+    if isinstance(target_center, bool) or not isinstance(target_center, (int, float)) or not math.isfinite(target_center):
+        raise _fail(path, f"key 'target_center': {target_center!r} must be a finite number")
+    if (target_center, target_scale) != (0.0, 1.0) and task_type != "regression":
+        raise _fail(path, "keys 'target_center' / 'target_scale' are for regression tasks only")
     name = str(raw["name"])
     eval_splits = dict(raw.get("eval_splits") or {name: "dev"})
     return TaskSpec(
@@ -108,6 +129,9 @@ def parse_task_spec(raw: dict[str, Any], path: Path) -> TaskSpec:
         positive_label=positive,
         score_range=score_range,
         dropout=float(dropout),
+        loss_weight=loss_weight,
+        target_center=float(target_center),
+        target_scale=target_scale,
         eval_splits=eval_splits,
         local=dict(raw.get("local") or {}),
         hub=dict(raw.get("hub") or {}),

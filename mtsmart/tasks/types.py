@@ -88,6 +88,18 @@ class TaskType:
         the outputs are not a distribution (regression). A KL between outputs, ℓs, shrinks with it."""
         return torch.softmax(output.float(), dim=-1).max(dim=-1).values  # masked candidates: ≈ 0
 
+    def classes(self, spec: "TaskSpec") -> Optional[int]:
+        """C of a C-way choice between classes (Muppet's loss scale 1/log C), or None."""
+        return None
+
+    def loss_target(self, labels: np.ndarray, spec: "TaskSpec") -> np.ndarray:
+        """Labels in the units the loss works in: as they are, but for regression's standardised scores."""
+        return labels
+
+    def to_task_units(self, outputs: np.ndarray, spec: "TaskSpec") -> np.ndarray:
+        """Raw outputs in the task's own units (the inverse of `loss_target` for regression)."""
+        return outputs
+
 
 class Classification(TaskType):
     name = "classification"
@@ -108,6 +120,9 @@ class Classification(TaskType):
     def predict(self, outputs: np.ndarray) -> np.ndarray:
         return outputs.argmax(-1)
 
+    def classes(self, spec: "TaskSpec") -> Optional[int]:
+        return len(spec.labels)
+
 
 class Regression(TaskType):
     name = "regression"
@@ -127,6 +142,14 @@ class Regression(TaskType):
 
     def confidence(self, output: torch.Tensor) -> Optional[torch.Tensor]:
         return None
+
+    def loss_target(self, labels: np.ndarray, spec: "TaskSpec") -> np.ndarray:
+        """(y − c) / s: the units the loss (and the head) work in (docs/method.md "Balancing tasks")."""
+        return (labels - spec.target_center) / spec.target_scale
+
+    def to_task_units(self, outputs: np.ndarray, spec: "TaskSpec") -> np.ndarray:
+        """c + s · f: the head's outputs as scores of the task."""
+        return spec.target_center + spec.target_scale * outputs
 
 
 class Ranking(TaskType):

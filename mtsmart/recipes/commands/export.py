@@ -30,6 +30,7 @@ from transformers import BertForSequenceClassification, BertModel
 
 from mtsmart.recipes.commands.common import add_force_argument, add_run_arguments, check_target, open_run
 from mtsmart.components.run_dir import LoadedRun, RunDirError
+from mtsmart.tasks.types import task_type_of
 from mtsmart.tasks.spec import TaskSpec
 
 # |s · h| stays below this, so that tanh(s · h) == s · h in float32 (see the module docstring).
@@ -93,8 +94,12 @@ def to_sequence_classifier(loaded: LoadedRun, task: str) -> BertForSequenceClass
     state = {f"bert.{key}": value for key, value in encoder.state_dict().items()}
     state["bert.pooler.dense.weight"] = torch.eye(width) * scale  # W_p = s·I
     state["bert.pooler.dense.bias"] = torch.zeros(width)  # b_p = 0
-    state["classifier.weight"] = head.weight / scale  # W_c = W / s (exact: s is a power of two)
-    state["classifier.bias"] = head.bias.clone()
+    # A regression head trained on standardised targets (y − c)/t: fold c + t·f into the classifier,
+    # so the exported model scores in the task's units (t = 1, c = 0 otherwise: unchanged).
+    spec = loaded.specs[task]
+    center, spread = spec.target_center, spec.target_scale
+    state["classifier.weight"] = head.weight * spread / scale  # W_c = t·W / s (s a power of two)
+    state["classifier.bias"] = head.bias * spread + center
     model.load_state_dict({k: v.detach().float().cpu() for k, v in state.items()}, strict=True)
     return model.eval()
 
@@ -106,7 +111,8 @@ def check_equal_outputs(loaded: LoadedRun, task: str, model: BertForSequenceClas
     ids = torch.randint(1000, len(loaded.tokenizer), (4, 16), generator=generator).to(loaded.device)
     mask = torch.ones_like(ids)
     mask[1, 9:] = 0  # one padded row
-    ours = loaded.model(task=task, input_ids=ids, attention_mask=mask).float()
+    spec = loaded.specs[task]
+    ours = task_type_of(spec).to_task_units(loaded.model(task=task, input_ids=ids, attention_mask=mask).float(), spec)
     theirs = model.to(loaded.device)(input_ids=ids, attention_mask=mask).logits.float()
     model.cpu()
     difference = float((ours - theirs).abs().max())
