@@ -3,7 +3,8 @@
     python scripts/cola_beside_stsb.py --out runs/cola_stsb --seeds 1 2 3
 
 Runs (skipping any already finished), two at a time with one thread each, the packaged MiniLM
-with the plain recipe of docs/results.md "CoLA in the multi-task mix": CoLA alone for 500 steps,
+with the plain recipe of docs/results.md "CoLA in the multi-task mix" (in fp32, which every CPU
+computes natively): CoLA alone for 500 steps,
 and CoLA + STS-B for 830 steps (proportional sampling gives CoLA about 500 of them) once per
 balancing arm. Prints CoLA's MCC per arm and seed, mean ± std, and the seed-paired difference to
 CoLA alone with its 95% t-interval.
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from scipy import stats
 
-COMMON = ["model.name_or_path=minilm", "adversarial.method=none", "bregman.mu=0", "train.precision=bf16",
+COMMON = ["model.name_or_path=minilm", "adversarial.method=none", "bregman.mu=0", "train.precision=fp32",
           "train.lr=1e-4", "train.batch_size=16", "data.max_seq_len=128", "data.group_by_length=true",
           "train.log_every_steps=50", "eval.every_steps=0"]
 ARMS = {
