@@ -92,9 +92,13 @@ class ModelConfig:
     tiny_hidden_size: int = 64  # size of the `tiny` encoder
     tiny_layers: int = 2  # layers of the `tiny` encoder
     tiny_heads: int = 2  # attention heads of the `tiny` encoder
+    init_from: str = ""  # a finished run (its latest checkpoint) or a checkpoint folder whose encoder this run starts from (MT-DNN's second stage)
+    init_heads: Literal["new", "carry"] = "new"  # with init_from: fresh task heads, or the source's heads for the tasks it trained
 
     def __post_init__(self) -> None:
         check_range("model", self, {"tiny_hidden_size": (">=", 1), "tiny_layers": (">=", 1), "tiny_heads": (">=", 1)})
+        if self.init_heads == "carry" and not self.init_from:
+            raise ValueError("model.init_heads=carry needs model.init_from (the run whose heads to carry)")
         if self.tiny_hidden_size % self.tiny_heads:
             raise ValueError(f"model.tiny_hidden_size: {self.tiny_hidden_size} must be a multiple of model.tiny_heads {self.tiny_heads}")
 

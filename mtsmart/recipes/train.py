@@ -24,6 +24,7 @@ import torch
 from mtsmart.components import build
 from mtsmart.components import checkpoint as ckpt
 from mtsmart.components import distributed
+from mtsmart.components import warm_start
 from mtsmart.regularisers.registry import build_adversary
 from mtsmart.support.allocator import keep_freed_memory
 from mtsmart.options.config import Config, ConfigError, save_config
@@ -87,6 +88,8 @@ class Trainer:
             check_writable_dir(self.out)  # a file, or nowhere to write: said now, not after loading
         # Refuse a bad resume before anything is loaded or written: nothing already in out is lost.
         self.resume_from = self.find_resume()
+        # A fresh run's warm start (model.init_from) is checked now too; a resumed one has its weights.
+        self.warm = warm_start.source_of(cfg) if cfg.model.init_from and self.resume_from is None else None
         # Process-wide and for the process's lifetime: glibc keeps the memory a step frees.
         self.keeps_freed_memory = cfg.train.keep_freed_memory and keep_freed_memory()
         seed_everything(cfg.train.seed)  # the same weights on every rank (DDP also broadcasts rank 0's)
@@ -109,7 +112,12 @@ class Trainer:
         if self.world.is_main and len(self.specs) > 1:
             print("tasks: " + ", ".join(f"{task} p={p:.3f} w={self.task_weights[task]:.3g}" for task, p in
                                         zip(self.sampler.tasks, self.sampler.probabilities(0).tolist())), flush=True)
-        self.model = distributed.wrap(build.build_model(cfg, self.specs, self.tokenizer, self.device), self.device)
+        model = build.build_model(cfg, self.specs, self.tokenizer, self.device)
+        self.head_origins = {} if self.warm is None else warm_start.warm_start(model, cfg, self.warm)
+        if self.head_origins and self.world.is_main:
+            print(f"init_from: {self.warm.checkpoint} (step {self.warm.step}); heads: "
+                  + ", ".join(f"{task} {origin}" for task, origin in self.head_origins.items()), flush=True)
+        self.model = distributed.wrap(model, self.device)
         # Dropout and SMART's noise: an independent stream per rank (rank 0's is the one-process one).
         seed_everything(cfg.train.seed + self.world.rank)
         self.warmup_steps = int(cfg.train.warmup_ratio * self.total_steps)
@@ -161,6 +169,8 @@ class Trainer:
                 "precision": self.cfg.train.precision,
                 "malloc_keeps_freed_memory": self.keeps_freed_memory,
                 "task_loss_weights": self.task_weights,
+                "init_from": None if self.warm is None else {"checkpoint": str(self.warm.checkpoint), "step": self.warm.step,
+                                                             "heads": self.head_origins},
                 "task_probabilities_at_start": dict(zip(self.sampler.tasks, self.sampler.probabilities(0).tolist()))}
         if self.resume_from is not None:
             info["resumed_from"] = str(self.resume_from)
