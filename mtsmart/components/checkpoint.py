@@ -163,6 +163,7 @@ def _write_files(tmp: Path, directory: Path, stateful: dict, cfg: Config) -> Non
             "bregman": stateful["bregman"].state_dict(),
             "scaler": stateful["scaler"].state_dict(),
             "ranks": [{"rng": r["rng"], "adversary": r["adversary"]} for r in ranks],
+            **({"task_gradients": stateful["task_gradients"].state_dict()} if stateful.get("task_gradients") is not None else {}),
         },
         tmp / "tensors.pt",
     )
@@ -310,6 +311,8 @@ def load(directory: Path, stateful: dict, cfg: Config, rank: int = 0, world_size
         for name, loader in stateful["loaders"].items():
             loader.load_state_dict(state["loaders"][name])
         _restore_rank_state(tensors, state, stateful, rank)
+        if stateful.get("task_gradients") is not None:
+            stateful["task_gradients"].load_state_dict(tensors["task_gradients"])
     except (KeyError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{directory}: cannot restore the run from it ({type(error).__name__}: {error})") from None
     train_state = stateful["train_state"]

@@ -35,6 +35,7 @@ from mtsmart.support.precision import resolve_precision
 from mtsmart.components.progress import progress_line
 from mtsmart.components.run_info import run_info, seed_everything
 from mtsmart.components.sampler import TaskSampler
+from mtsmart.components.task_gradients import TaskGradientMonitor
 from mtsmart.arithmetic.schedule import linear_warmup_decay
 from mtsmart.step.objective import Objective
 from mtsmart.components.step_times import StepTimes
@@ -118,6 +119,9 @@ class Trainer:
             print(f"init_from: {self.warm.checkpoint} (step {self.warm.step}); heads: "
                   + ", ".join(f"{task} {origin}" for task, origin in self.head_origins.items()), flush=True)
         self.model = distributed.wrap(model, self.device)
+        # Gradients are equal on every rank after averaging: rank 0 alone diagnoses and logs them.
+        self.task_gradients = (TaskGradientMonitor(self.specs, cfg.train.task_gradients_every, model.encoder)
+                               if cfg.train.task_gradients_every > 0 and self.world.is_main else None)
         # Dropout and SMART's noise: an independent stream per rank (rank 0's is the one-process one).
         seed_everything(cfg.train.seed + self.world.rank)
         self.warmup_steps = int(cfg.train.warmup_ratio * self.total_steps)
@@ -190,6 +194,7 @@ class Trainer:
             "loaders": self.loaders,
             "scaler": self.scaler,
             "train_state": self.state,
+            "task_gradients": self.task_gradients,
         }
 
     def save_checkpoint(self, best: bool = False) -> None:
@@ -235,12 +240,14 @@ class Trainer:
             distributed.average_gradients(self.model)
         return stats, examples * self.world.world_size, tokens * self.world.world_size  # equal shards on every rank
 
-    def optimizer_step(self, losses_finite: bool) -> Optional[float]:
+    def optimizer_step(self, task: str, losses_finite: bool) -> Optional[float]:
         """Clip, step, and update the teacher; None (nothing applied) when a loss or gradient was not finite.
 
         All ranks decide together, so they skip the same steps and their parameters stay equal.
         """
         self.scaler.unscale_(self.bregman.optimizer)
+        if self.task_gradients is not None and losses_finite and self.task_gradients.due(self.state.step + 1):
+            self.logger.log_dict(self.task_gradients.observe(task), self.state.step + 1)  # before clipping
         max_norm = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm).item()
         finite = distributed.all_true(losses_finite and math.isfinite(grad_norm), self.device)
@@ -332,7 +339,7 @@ class Trainer:
             lr = self.set_lr()
             task = self.sampler.next_task(self.state.step)
             stats, examples, tokens = self.accumulate_gradients(task)
-            grad_norm = self.optimizer_step(all(math.isfinite(v) for s in stats for v in s.values()))
+            grad_norm = self.optimizer_step(task, all(math.isfinite(v) for s in stats for v in s.values()))
             if grad_norm is None:
                 self.note_nonfinite()
                 continue  # the step is retried with the next batch; nothing was applied
