@@ -11,7 +11,7 @@ from mtsmart.options.config import ConfigError, load_config
 from mtsmart.data.readers import DataError
 from mtsmart.support.io import OutputDirError
 from mtsmart.model.multitask import ModelSourceError
-from mtsmart.components.progress import final_summary
+from mtsmart.components.progress import final_summary, task_bests_summary
 from mtsmart.components.run_dir import RunDirError
 from mtsmart.recipes.study.spec import StudyError
 from mtsmart.tasks.spec import TaskSpecError
@@ -52,6 +52,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"stopped at step {results['stopped_at_step']} (train.stop_after_steps); resume with train.resume=auto")
         return 0
     print(" ".join(f"{k}={v:.4f}" for k, v in results["final"].items()))
+    if "best_per_task" in results:
+        print(task_bests_summary(results["best_per_task"]))
     print(final_summary(results["final"], Path(cfg.output_dir)))
     return 0
 

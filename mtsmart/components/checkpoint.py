@@ -58,6 +58,7 @@ class CheckpointError(ValueError):
 
 CHECKSUMS = "checksums.json"
 CHECKED_FILES = ("model.safetensors", "tensors.pt", "state.json")
+TASK_BESTS = "best_per_task"  # checkpoints/best_per_task/step_N: each task's best weights, one copy per step
 
 
 def _sha256(path: Path) -> str:
@@ -79,6 +80,8 @@ def verify(directory: Path) -> None:
         raise CheckpointError(f"{listing}: unreadable ({error})") from None
     for name in CHECKED_FILES:
         path = directory / name
+        if name == "tensors.pt" and name not in expected and path.parent.parent.name == TASK_BESTS:
+            continue  # a task's best weights: no optimizer state (it is evaluated, never resumed)
         if not path.is_file():
             raise CheckpointError(f"{path}: missing from the checkpoint")
         if _sha256(path) != expected.get(name):
@@ -132,7 +135,7 @@ def _restore_rank_state(tensors: dict, state: dict, stateful: dict, rank: int) -
 # --------------------------------------------------------------------------- write
 
 
-def _write(directory: Path, stateful: dict, cfg: Config) -> None:
+def _write(directory: Path, stateful: dict, cfg: Config, weights_only: bool = False) -> None:
     """Write a complete checkpoint at `directory` (atomically: temp dir, then rename). Refuses
     non-finite weights; an OS error (e.g. a full disk) removes the partial files and is reported."""
     bad = [name for name, value in stateful["model"].state_dict().items()
@@ -142,7 +145,7 @@ def _write(directory: Path, stateful: dict, cfg: Config) -> None:
                               "the checkpoints already written are kept")
     tmp = directory.parent / f".tmp-{directory.name}-{os.getpid()}"
     try:
-        _write_files(tmp, directory, stateful, cfg)
+        _write_files(tmp, directory, stateful, cfg, weights_only)
     except OSError as error:
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"writing checkpoint {directory} failed: {error.strerror or error} "
@@ -150,7 +153,7 @@ def _write(directory: Path, stateful: dict, cfg: Config) -> None:
                               "checkpoints already written are kept") from None
 
 
-def _write_files(tmp: Path, directory: Path, stateful: dict, cfg: Config) -> None:
+def _write_files(tmp: Path, directory: Path, stateful: dict, cfg: Config, weights_only: bool = False) -> None:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
@@ -158,15 +161,16 @@ def _write_files(tmp: Path, directory: Path, stateful: dict, cfg: Config) -> Non
     ranks = stateful["ranks"]  # [rank_state(...) of rank 0, rank 1, …]
     # safetensors refuses shared storage (tied weights): store contiguous copies.
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-    torch.save(
-        {
-            "bregman": stateful["bregman"].state_dict(),
-            "scaler": stateful["scaler"].state_dict(),
-            "ranks": [{"rng": r["rng"], "adversary": r["adversary"]} for r in ranks],
-            **({"task_gradients": stateful["task_gradients"].state_dict()} if stateful.get("task_gradients") is not None else {}),
-        },
-        tmp / "tensors.pt",
-    )
+    if not weights_only:
+        torch.save(
+            {
+                "bregman": stateful["bregman"].state_dict(),
+                "scaler": stateful["scaler"].state_dict(),
+                "ranks": [{"rng": r["rng"], "adversary": r["adversary"]} for r in ranks],
+                **({"task_gradients": stateful["task_gradients"].state_dict()} if stateful.get("task_gradients") is not None else {}),
+            },
+            tmp / "tensors.pt",
+        )
     state = {
         "format_version": FORMAT_VERSION,
         "mtsmart_version": mtsmart.__version__,
@@ -179,7 +183,7 @@ def _write_files(tmp: Path, directory: Path, stateful: dict, cfg: Config) -> Non
         "rng": [r["rng_json"] for r in ranks],
     }
     atomic_write_json(tmp / "state.json", state)
-    atomic_write_json(tmp / CHECKSUMS, {name: _sha256(tmp / name) for name in CHECKED_FILES})
+    atomic_write_json(tmp / CHECKSUMS, {name: _sha256(tmp / name) for name in CHECKED_FILES if (tmp / name).exists()})
     old = None
     if directory.exists():  # replace in two renames; the old copy goes only when the new is in place
         old = directory.parent / f".old-{directory.name}-{os.getpid()}"
@@ -207,6 +211,37 @@ def save_best(out: Path, stateful: dict, cfg: Config) -> Path:
     directory = out / "checkpoints" / "best"
     _write(directory, stateful, cfg)
     return directory
+
+
+def task_best_directory(out: Path, step: int) -> Path:
+    return out / "checkpoints" / TASK_BESTS / f"step_{step:08d}"
+
+
+def save_task_bests(out: Path, stateful: dict, cfg: Config, steps: dict[str, int]) -> None:
+    """The weights of the current step for the tasks whose best it now is: `steps` maps every task
+    to the step of its best dev score. One weights-only copy per distinct step
+    (checkpoints/best_per_task/step_N); a copy no task points to any more is removed."""
+    step = stateful["train_state"].step
+    directory = task_best_directory(out, step)
+    if not directory.is_dir():
+        _write(directory, stateful, cfg, weights_only=True)
+    atomic_write_json(out / "checkpoints" / TASK_BESTS / "index.json", steps)
+    wanted = {task_best_directory(out, s).name for s in steps.values()}
+    for stale in sorted((out / "checkpoints" / TASK_BESTS).glob("step_*")):
+        if stale.name not in wanted:
+            shutil.rmtree(stale)
+
+
+def task_best_checkpoint(out: Path, task: str) -> Path:
+    """checkpoints/best_per_task/step_N of `task`'s best dev score."""
+    index = out / "checkpoints" / TASK_BESTS / "index.json"
+    if not index.is_file():
+        raise CheckpointError(f"{out}: no per-task best checkpoints ({index} is missing: the run never evaluated, "
+                              "or was trained before per-task selection)")
+    steps = json.loads(index.read_text(encoding="utf-8"))
+    if task not in steps:
+        raise CheckpointError(f"best:{task}: the run has no task {task!r}; its tasks: {sorted(steps)}")
+    return task_best_directory(out, int(steps[task]))
 
 
 # --------------------------------------------------------------------------- read

@@ -35,6 +35,16 @@ def progress_line(step: int, total: int, loss: Optional[float], examples_per_s: 
             f"{examples_per_s:.1f} examples/s | elapsed {duration(elapsed)} | eta {duration(eta)}")
 
 
+def task_bests_summary(best_per_task: dict[str, dict]) -> str:
+    """Each task's best step and score by its own dev metrics (`--checkpoint best:<task>` loads it)."""
+    rows = [["task", "metric", "best", "at step"]]
+    for task, best in best_per_task.items():
+        for key, value in best.items():
+            if key != "step":
+                rows.append([task, key.split("/", 1)[1], f"{100 * value:.2f}", str(best["step"])])
+    return "each task's best (evaluate/predict/export --checkpoint best:<task>):\n" + table(rows)
+
+
 def final_summary(final: dict[str, float], run_dir: Path) -> str:
     """The dev scores per task and metric, the run directory and its TensorBoard command."""
     rows = [["task", "metric", "dev"]]

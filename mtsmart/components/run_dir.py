@@ -22,7 +22,9 @@ import torch
 from mtsmart.components.build import (
     autocast_factory, build_eval_sets, build_tokenizer, build_untrained_encoder, device_of, load_run_specs,
 )
-from mtsmart.components.checkpoint import CheckpointError, load_model_weights, read_state, step_checkpoints, verify
+from mtsmart.components.checkpoint import (
+    CheckpointError, load_model_weights, read_state, step_checkpoints, task_best_checkpoint, verify,
+)
 from mtsmart.options.config import Config, load_config
 from mtsmart.model.multitask import MultiTaskModel
 from mtsmart.tasks.spec import TaskSpec
@@ -48,7 +50,13 @@ class LoadedRun:
 
 
 def resolve_checkpoint(run: Path, which: str) -> Path:
-    """`best` → checkpoints/best; `last` → the latest checkpoints/step_*; anything else: a path."""
+    """`best` → checkpoints/best (the best average); `best:<task>` → that task's best by its own dev
+    score (checkpoints/best_per_task); `last` → the latest checkpoints/step_*; anything else: a path."""
+    if which.startswith("best:"):
+        try:
+            return task_best_checkpoint(run, which.removeprefix("best:"))
+        except CheckpointError as error:
+            raise RunDirError(str(error)) from None
     if which == "best":
         path = run / "checkpoints" / "best"
         if not path.is_dir():

@@ -34,6 +34,7 @@ from mtsmart.model.multitask import unwrap
 from mtsmart.support.precision import resolve_precision
 from mtsmart.components.progress import progress_line
 from mtsmart.components.run_info import run_info, seed_everything
+from mtsmart.arithmetic.metrics import glue_average
 from mtsmart.components.sampler import TaskSampler
 from mtsmart.components.task_gradients import TaskGradientMonitor
 from mtsmart.arithmetic.schedule import linear_warmup_decay
@@ -57,6 +58,8 @@ class TrainState:
     nonfinite_in_row: int = 0
     examples_seen: int = 0
     best_results: dict = field(default_factory=dict)
+    # A multi-task run's best per task by its own dev score: {task: {"step", "score", "results"}}.
+    best_per_task: dict = field(default_factory=dict)
 
 
 def validate(cfg: Config, world_size: int) -> None:
@@ -204,6 +207,30 @@ class Trainer:
             (ckpt.save_best if best else ckpt.save_latest)(self.out, stateful, self.cfg)
         distributed.barrier()
 
+    def save_task_bests(self) -> None:
+        """This step's weights for the tasks whose best it is (checkpoints/best_per_task)."""
+        stateful = {**self.stateful(), "ranks": distributed.gather_objects(ckpt.rank_state(self.adversary))}
+        if self.world.is_main:
+            steps = {task: best["step"] for task, best in self.state.best_per_task.items()}
+            ckpt.save_task_bests(self.out, stateful, self.cfg, steps)
+        distributed.barrier()
+
+    def update_task_bests(self, results: dict[str, float]) -> None:
+        """Each task's best step by that task's own dev score (the GLUE-style mean of its evaluations)."""
+        if len(self.specs) < 2:
+            return  # one task: `best` is its best
+        improved = False
+        for task, spec in self.specs.items():
+            evaluations = {e.name: list(e.spec.metrics) for e in self.eval_sets if e.spec.name == task}
+            score = glue_average(results, evaluations)
+            if score > self.state.best_per_task.get(task, {}).get("score", -math.inf):
+                keys = {f"{name}/{metric}" for name, metrics in evaluations.items() for metric in metrics}
+                self.state.best_per_task[task] = {"step": self.state.step, "score": score,
+                                                  "results": {k: v for k, v in results.items() if k in keys}}
+                improved = True
+        if improved:
+            self.save_task_bests()
+
     # ----------------------------------------------------------------- pieces of a step
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -279,6 +306,7 @@ class Trainer:
             self.state.best_step = self.state.step
             self.state.best_results = dict(results)
             self.save_checkpoint(best=True)
+        self.update_task_bests(results)
         return results
 
     def step_scalars(self, task: str, stats: list[dict[str, float]], grad_norm: float, lr: float) -> dict[str, float]:
@@ -367,6 +395,9 @@ class Trainer:
         if not final:  # resumed a finished run
             final = self.run_evaluation()
         results = {"final": final, "best": {**self.state.best_results, "step": self.state.best_step}}
+        if self.state.best_per_task:
+            results["best_per_task"] = {task: {**best["results"], "step": best["step"]}
+                                        for task, best in self.state.best_per_task.items()}
         if self.world.is_main:
             atomic_write_json(self.out / "results.json", results)
         self.write_step_times()

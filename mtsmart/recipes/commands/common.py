@@ -10,7 +10,7 @@ from mtsmart.support.tables import table  # noqa: F401  (the commands print with
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="a run directory written by `mtsmart train`")
-    parser.add_argument("--checkpoint", default="last", help="best, last (the latest step checkpoint) or a checkpoint path")
+    parser.add_argument("--checkpoint", default="last", help="best (the best average), best:<task> (that task's best, multi-task runs), last (the latest step checkpoint) or a checkpoint path")
     parser.add_argument("--data-root", default=None, help="data folder (default: the run's data.root)")
 
 
