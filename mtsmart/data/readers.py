@@ -19,6 +19,8 @@ Keys of the `local:` and `hub:` blocks are documented in tasks/README.md.
 """
 from __future__ import annotations
 
+import hashlib
+
 import json
 import logging
 import math
@@ -35,8 +37,10 @@ log = logging.getLogger(__name__)
 LOCAL_FORMATS = ("tsv", "jsonl", "lines")
 _LOCAL_KEYS = {
     "format", "dir", "files", "text_a", "text_b", "label", "group", "headerless",
-    "unlabelled_splits", "drop_labels",
+    "unlabelled_splits", "drop_labels", "parts",
 }
+# A split declared as part of other files: files: {<split>: {part_of: FILE or [FILE, ...], part: PART}}
+PARTS = ("held_out", "rest")
 _HUB_KEYS = {
     "path", "name", "splits", "text_a", "text_b", "label", "label_names", "group", "local_dir",
     "unlabelled_splits", "drop_unlabelled",
@@ -85,7 +89,11 @@ def local_split_file(spec: TaskSpec, split: str, root: Path) -> Optional[Path]:
     if split not in files or "dir" not in spec.local:
         return None
     entry = files[split]
-    name = entry.get("text_a") if isinstance(entry, dict) else entry
+    if isinstance(entry, dict) and "part_of" in entry:
+        sources = entry["part_of"] if isinstance(entry["part_of"], list) else [entry["part_of"]]
+        name = sources[0] if sources else None
+    else:
+        name = entry.get("text_a") if isinstance(entry, dict) else entry
     return root / spec.local["dir"] / name if name else None
 
 
@@ -126,7 +134,10 @@ def read_local(spec: TaskSpec, split: str, root: Path) -> list[Example]:
         raise DataError(f"task {spec.name!r} has no split {split!r} in local.files; splits: {sorted(files)}")
     folder = root / local["dir"]
     labelled = split not in local.get("unlabelled_splits", [])
-    if fmt == "lines":
+    if isinstance(files[split], dict) and "part_of" in files[split]:
+        examples = _read_part(spec, local, folder, split, labelled)
+        where = f"{spec.source_file}: local.files.{split}"
+    elif fmt == "lines":
         examples = _read_lines_split(spec, local, folder, split, labelled)
         where = str(folder / files[split]["text_a"])
     else:
@@ -138,6 +149,38 @@ def read_local(spec: TaskSpec, split: str, root: Path) -> list[Example]:
     if not examples:
         raise DataError(f"{where}: split {split!r} of task {spec.name!r} has no examples")
     return examples
+
+
+def held_out_rows(count: int, held_out: int, seed: int) -> set[int]:
+    """The row positions (0 … count − 1) of the held-out part: the `held_out` rows that come first
+    when rows are ordered by sha256("<seed>:<row>") — fixed by the seed, whatever the library versions."""
+    order = sorted(range(count), key=lambda row: hashlib.sha256(f"{seed}:{row}".encode()).digest())
+    return set(order[:held_out])
+
+
+def _read_part(spec: TaskSpec, local: dict, folder: Path, split: str, labelled: bool) -> list[Example]:
+    """A split that is a seed-fixed, disjoint part of other files (docs in tasks/README.md): the
+    files' rows in order, then `held_out` (local.parts.held_out of them, local.parts.seed) or
+    `rest` (every other row), each kept in file order."""
+    entry = local["files"][split]
+    parts = local.get("parts")
+    if not isinstance(parts, dict) or not isinstance(parts.get("held_out"), int) or not isinstance(parts.get("seed"), int):
+        raise DataError(f"{spec.source_file}: local.files.{split} is part of other files, which needs "
+                        "local.parts: {held_out: N, seed: S} (integers)")
+    if entry.get("part") not in PARTS or set(entry) - {"part_of", "part"}:
+        raise DataError(f"{spec.source_file}: local.files.{split} must be {{part_of: FILE or [FILES], part: held_out or rest}}")
+    sources = entry["part_of"] if isinstance(entry["part_of"], list) else [entry["part_of"]]
+    reader = _read_tsv if local["format"] == "tsv" else _read_jsonl
+    rows: list[Example] = []
+    for name in sources:
+        _require_file(spec, split, folder / name)
+        rows += reader(spec, local, folder / name, split, labelled)
+    if not 0 < parts["held_out"] < len(rows):
+        raise DataError(f"{spec.source_file}: local.parts.held_out {parts['held_out']} must be between 1 and "
+                        f"{len(rows) - 1} (the {len(rows)} rows of {', '.join(sources)})")
+    held = held_out_rows(len(rows), parts["held_out"], parts["seed"])
+    keep = (lambda row: row in held) if entry["part"] == "held_out" else (lambda row: row not in held)
+    return [example for row, example in enumerate(rows) if keep(row)]
 
 
 def _checked_block(spec: TaskSpec, block: str, allowed: set[str], required: tuple[str, ...]) -> dict:
