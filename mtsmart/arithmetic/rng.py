@@ -39,3 +39,40 @@ def replay(state: RngSnapshot) -> Iterator[None]:
         if state.cuda is not None:
             torch.cuda.set_rng_state(state.cuda, state.cuda_device)
         yield
+
+
+class PrivateStream:
+    """A random stream of its own, seeded once: inside `with stream.active():` every draw — dropout
+    masks, torch.randn without a generator — comes from this stream, and afterwards the global
+    state is exactly as before the block. A regulariser's extra forwards and noise run in one, so
+    the clean forward's dropout masks and everything after them are the same with the regulariser
+    as without it (docs/method.md, "Private random streams")."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self.state: Optional[RngSnapshot] = None  # drawn on first use, on the device then in use
+
+    def _start(self, device: torch.device) -> RngSnapshot:
+        devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, device_type="cuda"):
+            torch.manual_seed(self.seed)
+            return snapshot(device)
+
+    @contextlib.contextmanager
+    def active(self, device: torch.device) -> Iterator[None]:
+        state = self.state if self.state is not None else self._start(device)
+        with replay(state):
+            try:
+                yield
+            finally:
+                self.state = snapshot(device)  # where the stream has got to
+
+    def state_dict(self) -> dict:
+        if self.state is None:
+            return {}
+        return {"cpu": self.state.cpu, "cuda_device": self.state.cuda_device, "cuda": self.state.cuda}
+
+    def load_state_dict(self, state: dict) -> None:
+        # RNG states are CPU byte tensors wherever a checkpoint was mapped to.
+        cuda = None if state.get("cuda") is None else state["cuda"].cpu()
+        self.state = RngSnapshot(state["cpu"].cpu(), state["cuda_device"], cuda) if state else None

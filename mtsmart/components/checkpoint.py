@@ -120,14 +120,18 @@ def _restore_rng_tensors(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def rank_state(adversary) -> dict:
-    """What differs between ranks: RNG streams and the adversary's state (gathered to rank 0)."""
-    return {"rng": _rng_tensors(), "rng_json": _rng_json(), "adversary": adversary.state_dict()}
+def rank_state(adversary, objective=None) -> dict:
+    """What differs between ranks: RNG streams, the objective's private streams and the adversary's
+    state (gathered to rank 0)."""
+    private = {} if objective is None else objective.state_dict()
+    return {"rng": _rng_tensors(), "rng_json": _rng_json(), "adversary": adversary.state_dict(), "objective": private}
 
 
 def _restore_rank_state(tensors: dict, state: dict, stateful: dict, rank: int) -> None:
     ranks = tensors["ranks"]
     stateful["adversary"].load_state_dict(ranks[rank]["adversary"])
+    if stateful.get("objective") is not None:
+        stateful["objective"].load_state_dict(ranks[rank].get("objective", {}))
     _restore_rng_tensors(ranks[rank]["rng"])
     _restore_rng_json(state["rng"][rank])
 
@@ -166,7 +170,7 @@ def _write_files(tmp: Path, directory: Path, stateful: dict, cfg: Config, weight
             {
                 "bregman": stateful["bregman"].state_dict(),
                 "scaler": stateful["scaler"].state_dict(),
-                "ranks": [{"rng": r["rng"], "adversary": r["adversary"]} for r in ranks],
+                "ranks": [{"rng": r["rng"], "adversary": r["adversary"], "objective": r.get("objective", {})} for r in ranks],
                 **({"task_gradients": stateful["task_gradients"].state_dict()} if stateful.get("task_gradients") is not None else {}),
             },
             tmp / "tensors.pt",

@@ -133,9 +133,8 @@ class SmartTrainer(Trainer):
                       token_type_ids=inputs.get("token_type_ids"), labels=inputs["labels"])
         # Set by the Trainer's loop for each optimizer step (the last one of an epoch may be shorter).
         accumulation = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
-        objective = Objective(self.adversary, self.bregman, backward=lambda loss: self.accelerator.backward(loss / accumulation),
-                              autocast=self.accelerator.autocast)
-        stats = objective.train_microbatch(self.view, batch)
+        self._accumulation = accumulation
+        stats = self.objective.train_microbatch(self.view, batch)
         self._meter.add({key: value for key, value in stats.items() if key != "loss"})
         # The Trainer logs what this returns: the task loss, or for a method that replaces it
         # (FreeLB, the gradient penalty) the loss that trained θ.
@@ -146,6 +145,11 @@ class SmartTrainer(Trainer):
         # The teacher is a copy of the view taken before `runner` is set: it runs its own weights.
         self.view.runner = None
         self.bregman = BregmanProximal(self.optimizer, self.view, self.bregman_config, max(1, self.state.max_steps))
+        # One objective for the run: its private random streams (the regulariser's noise and extra
+        # dropout masks, the teacher's) continue from step to step and are checkpointed.
+        self.objective = Objective(self.adversary, self.bregman,
+                                   backward=lambda loss: self.accelerator.backward(loss / self._accumulation),
+                                   autocast=self.accelerator.autocast, seed=self.args.seed + self.args.process_index)
         if self._resume_state is not None:
             self._load_mtsmart_state(self._resume_state)
 
@@ -166,7 +170,8 @@ class SmartTrainer(Trainer):
         super()._save_checkpoint(model, trial)
         if self.args.should_save and self.bregman is not None:
             folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            state = {"bregman": self.bregman.teacher_state_dict(), "adversary": self.adversary.state_dict()}
+            state = {"bregman": self.bregman.teacher_state_dict(), "adversary": self.adversary.state_dict(),
+                     "objective": self.objective.state_dict()}
             torch.save(state, os.path.join(folder, STATE_FILE))
 
     def _load_optimizer_and_scheduler(self, checkpoint: Optional[str]) -> None:
@@ -184,3 +189,4 @@ class SmartTrainer(Trainer):
         except ValueError as error:
             raise ValueError(f"{path}: {error}") from None
         self.adversary.load_state_dict(state["adversary"])
+        self.objective.load_state_dict(state.get("objective", {}))  # absent: written before private streams

@@ -38,6 +38,7 @@ from mtsmart.arithmetic.metrics import glue_average
 from mtsmart.components.sampler import TaskSampler
 from mtsmart.components.task_gradients import TaskGradientMonitor
 from mtsmart.arithmetic.schedule import linear_warmup_decay
+from mtsmart.data.loader import derive_seed
 from mtsmart.step.objective import Objective
 from mtsmart.components.step_times import StepTimes
 from mtsmart.tasks.types import task_types_of
@@ -134,7 +135,9 @@ class Trainer:
         self.ddp_reduces = not self.adversary.extra_backward
         self.backward_calls = 0
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.precision == "fp16")
-        self.objective = Objective(self.adversary, self.bregman, self.backward, self.autocast, self.task_weights)
+        # Private streams per rank, as the global one is (rank 0's is the one-process one).
+        self.objective = Objective(self.adversary, self.bregman, self.backward, self.autocast, self.task_weights,
+                                   seed=derive_seed(cfg.train.seed, self.world.rank))
         self.state = TrainState()
         if self.resume_from is not None:
             ckpt.load(self.resume_from, self.stateful(), cfg, self.world.rank, self.world.world_size)
@@ -198,18 +201,19 @@ class Trainer:
             "scaler": self.scaler,
             "train_state": self.state,
             "task_gradients": self.task_gradients,
+            "objective": self.objective,
         }
 
     def save_checkpoint(self, best: bool = False) -> None:
         """Every rank's RNG and adversary state gathered; rank 0 writes; all wait until it is done."""
-        stateful = {**self.stateful(), "ranks": distributed.gather_objects(ckpt.rank_state(self.adversary))}
+        stateful = {**self.stateful(), "ranks": distributed.gather_objects(ckpt.rank_state(self.adversary, self.objective))}
         if self.world.is_main:
             (ckpt.save_best if best else ckpt.save_latest)(self.out, stateful, self.cfg)
         distributed.barrier()
 
     def save_task_bests(self) -> None:
         """This step's weights for the tasks whose best it is (checkpoints/best_per_task)."""
-        stateful = {**self.stateful(), "ranks": distributed.gather_objects(ckpt.rank_state(self.adversary))}
+        stateful = {**self.stateful(), "ranks": distributed.gather_objects(ckpt.rank_state(self.adversary, self.objective))}
         if self.world.is_main:
             steps = {task: best["step"] for task, best in self.state.best_per_task.items()}
             ckpt.save_task_bests(self.out, stateful, self.cfg, steps)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from mtsmart.arithmetic import rng
+from mtsmart.data.loader import derive_seed
 from mtsmart.regularisers.base import AdversarialContext, AdversarialMethod, Terms
 from mtsmart.tasks.batch import Batch
 from mtsmart.regularisers.bregman import BregmanProximal
@@ -33,6 +34,8 @@ class Objective:
 
     backward: back-propagates one loss tensor with the caller's scaling (gradient accumulation,
     AMP loss scale). task_weights: w_task per task name; a task not named has weight 1.
+    seed: seeds the private random streams of the regulariser (its noise and the dropout of its
+    extra forwards) and of the teacher's forward; None draws them from the global stream.
     """
 
     def __init__(
@@ -42,10 +45,26 @@ class Objective:
         backward: Callable[[torch.Tensor], None],
         autocast: Callable[[], contextlib.AbstractContextManager],
         task_weights: Optional[Mapping[str, float]] = None,
+        seed: Optional[int] = None,
     ):
         self.regulariser, self.bregman = regulariser, bregman
         self._backward, self.autocast = backward, autocast
         self.task_weights = dict(task_weights or {})
+        self.streams = None if seed is None else {
+            "regulariser": rng.PrivateStream(derive_seed("regulariser", seed)),
+            "teacher": rng.PrivateStream(derive_seed("teacher", seed)),
+        }
+
+    def private(self, name: str, device: torch.device) -> contextlib.AbstractContextManager:
+        """The block draws from stream `name` (or the global stream without private streams)."""
+        return contextlib.nullcontext() if self.streams is None else self.streams[name].active(device)
+
+    def state_dict(self) -> dict:
+        return {} if self.streams is None else {name: stream.state_dict() for name, stream in self.streams.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, stream in (self.streams or {}).items():
+            stream.load_state_dict(state.get(name, {}))  # a checkpoint from before private streams: fresh ones
 
     def task_weight(self, task: str) -> float:
         return self.task_weights.get(task, 1.0)
@@ -80,7 +99,8 @@ class Objective:
                 clean_output = task_output(model, batch, inputs_embeds=embeds) if needs_clean else None
             clean = Terms(task_loss=task_type.loss(clean_output, batch.labels) if clean_output is not None else None)
             if self.bregman.enabled:
-                term = self.bregman.term(model, batch, clean_output)
+                with self.private("teacher", embeds.device):  # the teacher's dropout masks, if it has any
+                    term = self.bregman.term(model, batch, clean_output)
                 clean.bregman = term.loss
                 stats["bregman/reg"] = term.divergence
             context = AdversarialContext(
@@ -95,7 +115,10 @@ class Objective:
                 clean_rng=clean_rng,
                 embedding_output=captured[0] if captured else None,
             )
-            result = regulariser(context)
+            # A method with a clean forward draws its noise and extra dropout masks privately; one
+            # whose own forward is the task's (FreeLB, the gradient penalty) draws as that forward would.
+            with self.private("regulariser", embeds.device) if regulariser.needs_clean_forward else contextlib.nullcontext():
+                result = regulariser(context)
         self.backward(result.terms, batch.task)
         if clean.task_loss is not None:
             stats["loss"] = clean.task_loss.item()
