@@ -57,6 +57,8 @@ def test_a_task_the_source_did_not_train_gets_a_new_head(source):
 def test_a_checkpoint_folder_can_be_named_directly(source):
     checkpoint = sorted((source / "checkpoints").glob("step_*"))[-1]
     assert source_of(config(f"model.init_from={checkpoint}")).checkpoint == checkpoint
+    task_best = next((source / "checkpoints" / "best_per_task").glob("step_*"))  # two folders below the run
+    assert source_of(config(f"model.init_from={task_best}")).run.resolve() == source.resolve()
 
 
 @pytest.mark.parametrize("make, overrides, message", [

@@ -38,8 +38,9 @@ class WarmStart:
 def source_of(cfg: Config) -> WarmStart:
     """The checkpoint `model.init_from` names, checked against this run's model options."""
     given = Path(cfg.model.init_from)
-    if (given / "model.safetensors").is_file():
-        checkpoint, run = given, given.parent.parent
+    if (given / "model.safetensors").is_file():  # a checkpoint folder: its run is the folder above with a config
+        checkpoint = given
+        run = next((folder for folder in given.resolve().parents if (folder / "config.yaml").is_file()), given.parent.parent)
     else:
         found = step_checkpoints(given) if given.is_dir() else []
         if not found:

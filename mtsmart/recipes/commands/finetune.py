@@ -83,18 +83,20 @@ def run(args: argparse.Namespace) -> int:
         command = [sys.executable, "-m", "mtsmart", "train", str(base), *task_overrides(task, checkpoint, out, overrides)]
         if subprocess.run(command).returncode != 0:
             failed.append(task)
-    which = "best" if args.checkpoint == "best" else "final"
+    # The multi-task column is the score of the checkpoint stage two started from, where the
+    # source logged it: its final model (`last`) or its best average (`best`).
+    which = {"last": "final", "best": "best"}.get(args.checkpoint)
     report = {}
     rows = [["task", "metric", "multi-task", "fine-tuned", "difference"]]
     for task in tasks:
-        before = scores(source / "results.json", which, task)
+        before = scores(source / "results.json", which, task) if which else {}
         done = (out / task / "results.json").is_file()
         after = scores(out / task / "results.json", "final", task) if done else {}
         report[task] = {"multi_task": before, "fine_tuned": after}
-        for metric, value in before.items():
-            tuned = after.get(metric)
-            rows.append([task, metric, f"{value:.2f}", "failed" if tuned is None else f"{tuned:.2f}",
-                         "" if tuned is None else f"{tuned - value:+.2f}"])
+        for metric in sorted(set(before) | set(after)) or ["(all)"]:
+            value, tuned = before.get(metric), after.get(metric)
+            rows.append([task, metric, "—" if value is None else f"{value:.2f}", "failed" if tuned is None else f"{tuned:.2f}",
+                         "" if value is None or tuned is None else f"{tuned - value:+.2f}"])
     atomic_write_json(out / RESULTS, {"source": str(checkpoint), "tasks": report})
     print(table(rows))
     if failed:
