@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from mtsmart.recipes.study.results import paired_ratio  # noqa: E402
 
-FOLDERS = {"plain": "plain/default", "rdrop": "rdrop/adversarial.weight_0.5", "r3f": "r3f/default",
+FOLDERS = {"plain": "plain/default", "rdrop": "rdrop/rdrop.alpha_0.5", "r3f": "r3f/default",
            "rs_release_indep": "rs_release_indep/smart.weight_1.0"}
 
 
