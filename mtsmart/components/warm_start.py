@@ -31,6 +31,7 @@ SAME_TINY_KEYS = ("tiny_hidden_size", "tiny_layers", "tiny_heads")  # and these 
 @dataclass(frozen=True)
 class WarmStart:
     run: Path  # the source run
+    config: Config  # its config
     checkpoint: Path  # its checkpoint whose weights are taken
     step: int  # the source's optimizer steps behind those weights
 
@@ -57,7 +58,7 @@ def source_of(cfg: Config) -> WarmStart:
         theirs, ours = getattr(source.model, key), getattr(cfg.model, key)
         if theirs != ours:
             raise ConfigError(f"model.init_from: {run} was trained with model.{key}={theirs!r}, this run has {ours!r}")
-    return WarmStart(run=run, checkpoint=checkpoint, step=int(state["train_state"]["step"]))
+    return WarmStart(run=run, config=source, checkpoint=checkpoint, step=int(state["train_state"]["step"]))
 
 
 def warm_start(model: MultiTaskModel, cfg: Config, source: WarmStart) -> dict[str, str]:
@@ -72,7 +73,7 @@ def warm_start(model: MultiTaskModel, cfg: Config, source: WarmStart) -> dict[st
         model.encoder.load_state_dict(encoder, strict=True)
     except RuntimeError as error:
         raise ConfigError(f"model.init_from: {source.checkpoint}'s encoder does not fit this run's ({str(error).splitlines()[0]})") from None
-    source_specs = load_run_specs(source.run, run_config(source.run))
+    source_specs = load_run_specs(source.run, source.config)
     origins = {}
     for task, head in model.heads.items():
         theirs = {key[len(f"heads.{task}."):]: value for key, value in weights.items() if key.startswith(f"heads.{task}.")}

@@ -30,23 +30,8 @@ from mtsmart.options.smart import SmartConfig
 
 # Keys renamed so that one concept has one name (docs/configuration.md): the old key is refused
 # with the name(s) that replaced it.
-RENAMED_KEYS: dict[str, tuple[str, ...]] = {
-    "smart.noise_std": ("smart.init_scale",),
-    "data.sampling": ("mix.sampling",),  # task sampling moved beside the rest of task balancing
-    "data.temperature": ("mix.temperature",),
-    # The shared adversarial.* options became one section per method (each key one meaning).
-    "adversarial.alpha": ("pgd.step_size", "freelb.step_size"),
-    "adversarial.step_size": ("pgd.step_size", "freelb.step_size"),
-    "adversarial.steps": ("pgd.steps", "freelb.steps"),
-    "adversarial.epsilon": ("fgsm.epsilon", "fgm.epsilon", "pgd.epsilon", "freelb.epsilon", "gradient_penalty.epsilon"),
-    "adversarial.norm": ("fgm.norm", "pgd.norm", "freelb.norm"),
-    "adversarial.scope": ("fgsm.scope", "fgm.scope", "pgd.scope"),
-    "adversarial.init": ("freelb.init", "r3f.init"),
-    "adversarial.init_scale": ("freelb.init_scale", "r3f.init_scale"),
-    "adversarial.weight": ("fgsm.weight", "fgm.weight", "pgd.weight", "gradient_penalty.weight", "r3f.weight", "rdrop.alpha"),
-}
-RENAMED_VALUES = {"smart.level": {"sentence": "example"}}
-# Where each old adversarial.* key went, for the method a saved config chose (renamed_to_current).
+# Where each old shared adversarial.* key went, per method (a saved config's values move to the
+# section of the method it chose: renamed_to_current).
 _MOVED_PER_METHOD = {
     "fgsm": {"epsilon": "epsilon", "weight": "weight", "scope": "scope"},
     "fgm": {"epsilon": "epsilon", "weight": "weight", "scope": "scope", "norm": "norm"},
@@ -56,6 +41,25 @@ _MOVED_PER_METHOD = {
     "r3f": {"init": "init", "init_scale": "init_scale", "weight": "weight"},
     "rdrop": {"weight": "alpha"},
 }
+
+
+def _successors(old_key: str) -> tuple[str, ...]:
+    """The per-method keys that replaced adversarial.<old_key>."""
+    return tuple(f"{method}.{moved[old_key]}" for method, moved in _MOVED_PER_METHOD.items() if old_key in moved)
+
+
+# Keys renamed so that one concept has one name (docs/configuration.md): the old key is refused
+# with the name(s) that replaced it.
+RENAMED_KEYS: dict[str, tuple[str, ...]] = {
+    "smart.noise_std": ("smart.init_scale",),
+    "data.sampling": ("mix.sampling",),  # task sampling moved beside the rest of task balancing
+    "data.temperature": ("mix.temperature",),
+    # The shared adversarial.* options became one section per method (each key one meaning).
+    "adversarial.alpha": _successors("step_size"),
+    **{f"adversarial.{key}": _successors(key)
+       for key in ("step_size", "steps", "epsilon", "norm", "scope", "init", "init_scale", "weight")},
+}
+RENAMED_VALUES = {"smart.level": {"sentence": "example"}}
 
 _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
