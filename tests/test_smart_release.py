@@ -17,7 +17,9 @@ from mtsmart.regularisers.bregman import scheduled_beta
 from mtsmart.options.bregman import BregmanConfig
 from mtsmart.options.data import DataConfig
 from mtsmart.data.loader import subsample
-from mtsmart.arithmetic.divergence import squared_error, symmetric_kl
+import torch.nn.functional as F
+
+from mtsmart.arithmetic.divergence import squared_error, symmetric_kl, symmetric_kl_released
 from mtsmart.model.multitask import MultiTaskModel, captured_embedding_output, embedding_output_fn, load_encoder, task_output
 from mtsmart.arithmetic.perturbation import token_mask
 from mtsmart.regularisers.smart_method import divergences_for
@@ -161,6 +163,140 @@ def test_release_update_is_eta_g_over_norm_of_g_without_noise_or_projection(norm
     unit = delta.abs().amax(-1) if norm == "inf" else delta.norm(dim=-1)
     assert torch.allclose(unit[real], torch.full_like(unit[real], 1e-2), rtol=1e-3)  # ‖δ‖ = η, not ε
     assert result.rs > 0
+
+
+# --------------------------------------------------------------------------- the release's gradients, exactly
+
+
+def test_released_symmetric_kl_has_the_value_of_the_symmetric_kl_and_cross_entropy_gradients():
+    gen = torch.Generator().manual_seed(4)
+    perturbed = (torch.randn(5, 3, generator=gen) * 2).requires_grad_()
+    clean = (torch.randn(5, 3, generator=gen) * 2).requires_grad_()
+    value = symmetric_kl_released(perturbed, clean)
+    torch.testing.assert_close(value, symmetric_kl(perturbed, clean))
+    value.backward()
+    # By hand: KL(sg P̃ ‖ P) trains the clean logits with softmax(clean) − softmax(perturbed), per row / B,
+    # and KL(sg P ‖ P̃) the perturbed ones with softmax(perturbed) − softmax(clean).
+    p, q = clean.detach().softmax(-1), perturbed.detach().softmax(-1)
+    torch.testing.assert_close(clean.grad, (p - q) / 5)
+    torch.testing.assert_close(perturbed.grad, (q - p) / 5)
+    full_p, full_q = clean.detach().clone().requires_grad_(), perturbed.detach().clone().requires_grad_()
+    symmetric_kl(full_q, full_p).backward()
+    assert not torch.allclose(full_p.grad, clean.grad, atol=1e-4)  # the paper's reading: another gradient
+
+
+def released_rs_by_hand(model: MultiTaskModel, batch: Batch, steps: int, eta: float, sigma: float, guard: float,
+                        noise_seed: int) -> torch.Tensor:
+    """The released SMART arithmetic written out for a tiny BERT without dropout: the embedding module's output
+    x, ν ~ N(0, σ²) (off padding, as mtsmart never perturbs padding), K steps accumulated at x + ν + Σ pushes,
+    each push η·g/(‖g‖∞ + guard) per token, x̃ = x + Σ pushes detached, and the criterion
+    KL(sg P̃ ‖ P) + KL(sg P ‖ P̃) (squared error for regression), each written with F.kl_div / F.mse_loss."""
+    regression = SPECS[batch.task].type == "regression"
+    mask = batch.attention_mask[:, :, None].float()
+    x = model.encoder.embeddings(input_ids=batch.input_ids)
+
+    def f(hidden: torch.Tensor) -> torch.Tensor:
+        out = by_hand_from_embedding_output(model, batch, hidden)
+        return out.squeeze(-1) if regression else out
+
+    clean = f(x)
+    torch.manual_seed(noise_seed)
+    noise = torch.randn(x.shape) * sigma * mask
+    pushed = torch.zeros_like(x)
+    for _ in range(steps):
+        point = (noise + pushed).requires_grad_()
+        adv = f(x.detach() + point)
+        if regression:
+            inner = F.mse_loss(adv, clean.detach())
+        else:
+            inner = F.kl_div(F.log_softmax(adv, -1), F.softmax(clean.detach(), -1), reduction="batchmean") + \
+                F.kl_div(F.log_softmax(clean.detach(), -1), F.softmax(adv, -1), reduction="batchmean")
+        (g,) = torch.autograd.grad(inner, point)
+        g = g * mask
+        pushed = pushed + eta * g / (g.abs().amax(-1, keepdim=True) + guard)
+    adv = f((x + pushed).detach())
+    if regression:
+        return F.mse_loss(adv, clean)
+    return F.kl_div(F.log_softmax(clean, -1), F.softmax(adv.detach(), -1), reduction="batchmean") + \
+        F.kl_div(F.log_softmax(adv, -1), F.softmax(clean.detach(), -1), reduction="batchmean")
+
+
+def _grads(model: MultiTaskModel) -> dict[str, torch.Tensor]:
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+def _mtsmart_release_grads(task: str, steps: int, outer_gradient: str = "release") -> tuple[dict, float]:
+    model, batch = make_model().eval(), make_batch(task)
+    cfg = SmartConfig(input="embedding_output", update="release", outer_gradient=outer_gradient, steps=steps,
+                      step_size=1e-1, init_scale=1e-2, guard=1e-6, weight=1.0)
+    with captured_embedding_output(model) as captured:
+        clean = task_output(model, batch)
+    torch.manual_seed(9)
+    result = SmartRegularizer(cfg).regularize(model, batch, captured[0], clean, TASK_TYPES[SPECS[task].type])
+    result.loss.backward()
+    return _grads(model), result.rs
+
+
+@pytest.mark.parametrize("task", ["cls", "reg"])
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_release_reading_gives_the_released_codes_gradient_of_every_parameter(task, steps):
+    actual, rs = _mtsmart_release_grads(task, steps)
+    model, batch = make_model().eval(), make_batch(task)
+    expected_rs = released_rs_by_hand(model, batch, steps, eta=1e-1, sigma=1e-2, guard=1e-6, noise_seed=9)
+    expected_rs.backward()
+    expected = _grads(model)
+    assert rs == pytest.approx(float(expected_rs.detach()), rel=1e-4) and rs > 0
+    assert actual.keys() == expected.keys()
+    for name in expected:  # float32 noise of two routes through the layers: 1e-4 of each tensor's scale
+        scale = float(expected[name].abs().max())
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-3, atol=1e-4 * scale + 1e-7, msg=name)  # + 1e-7: tensors whose gradient is 0 in exact arithmetic
+
+
+def test_the_papers_outer_gradient_differs_from_the_releases():
+    """Through x̃ the paper's reading also trains the embedding module, and its KL gradient differs:
+    both differences are thousands of times the float tolerance the test above allows."""
+    release, _ = _mtsmart_release_grads("cls", 2)
+    paper, _ = _mtsmart_release_grads("cls", 2, outer_gradient="paper")
+    for name in ("encoder.embeddings.word_embeddings.weight", "heads.cls.proj.weight"):
+        assert (release[name] - paper[name]).abs().max() > 0.1 * release[name].abs().max()
+
+
+def test_release_accumulates_its_steps_and_drops_the_noise():
+    """K = 2: the second gradient is taken at x + ν + push₁ and x̃ = x + push₁ + push₂ (not push₂ alone)."""
+    model, batch = make_model().eval(), make_batch()
+    x = model.word_embeddings(batch.input_ids)
+    clean = task_output(model, batch, inputs_embeds=x)
+    mask = token_mask(batch.attention_mask, x.dtype)
+    cfg = SmartConfig(update="release", step_size=1e-1, init_scale=1e-2, guard=1e-9, steps=2)
+    seen = []
+
+    def spy(e):
+        seen.append(e.detach() - x.detach())
+        return task_output(model, batch, inputs_embeds=e)
+
+    smart_regularizer(spy, x, clean, mask, cfg=cfg, inner_div=symmetric_kl, outer_div=symmetric_kl_released,
+                      generator=torch.Generator().manual_seed(2))
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(2)) * 1e-2 * mask
+    pushes = []
+    for point in (noise, None):
+        point = (noise + pushes[0]) if point is None else point
+        p = point.clone().requires_grad_()
+        (g,) = torch.autograd.grad(symmetric_kl(task_output(model, batch, inputs_embeds=x.detach() + p), clean.detach()), p)
+        g = g * mask
+        pushes.append(1e-1 * g / (g.abs().amax(-1, keepdim=True) + 1e-9))
+    torch.testing.assert_close(seen[0], noise)
+    torch.testing.assert_close(seen[1], noise + pushes[0], rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(seen[2], pushes[0] + pushes[1], rtol=1e-4, atol=1e-7)
+    assert not torch.allclose(seen[2], pushes[1], atol=1e-3)  # replacing δ at each step would give push₂ alone
+
+
+def test_released_outer_gradient_is_refused_for_a_divergence_the_release_never_used():
+    with pytest.raises(ValueError, match="smart.outer_gradient=release"):
+        SmartConfig(outer_gradient="release", outer_div="kl")
+    with pytest.raises(ValueError, match="smart.outer_gradient"):
+        SmartConfig(outer_gradient="danskin")
 
 
 def test_release_and_reference_refuse_a_relative_radius():

@@ -46,6 +46,22 @@ def symmetric_kl(perturbed: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     return ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum(-1).mean()
 
 
+def symmetric_kl_released(perturbed: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """Symmetric KL as the released SMART code computes it: KL(sg P̃ ‖ P) + KL(sg P ‖ P̃). (B, C) → ().
+
+    The same value as `symmetric_kl`, another gradient: each side is trained towards the other
+    held fixed, so the gradient w.r.t. each side's logits is that of a cross-entropy against the
+    other's probabilities (softmax − target); the entropy terms' gradients are absent.
+    """
+    _check_same_shape(perturbed, clean)
+    log_q = F.log_softmax(perturbed.float(), dim=-1)
+    log_p = F.log_softmax(clean.float(), dim=-1)
+    q_fixed, p_fixed = log_q.detach(), log_p.detach()
+    towards_perturbed = (q_fixed.exp() * (q_fixed - log_p)).sum(-1)  # KL(sg P̃ ‖ P): trains the clean side
+    towards_clean = (p_fixed.exp() * (p_fixed - log_q)).sum(-1)  # KL(sg P ‖ P̃): trains the perturbed side
+    return (towards_perturbed + towards_clean).mean()
+
+
 def stable_kl(perturbed: torch.Tensor, clean: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """The public SMART code's inner "stable_kl" surrogate, offered only for comparison.
 
@@ -79,6 +95,11 @@ DIVERGENCES: dict[str, Divergence] = {
 # Which divergences make sense for which output kind; others are refused at config time.
 DIVERGENCES_FOR_DISTRIBUTIONS = ("sym_kl", "kl", "stable_kl")
 DIVERGENCES_FOR_SCORES = ("mse",)
+
+
+# The released code's criteria by the name of the divergence whose value they compute
+# (`smart.outer_gradient=release`): squared error's gradient is already the released one.
+RELEASED_GRADIENT: dict[str, Divergence] = {"sym_kl": symmetric_kl_released, "mse": squared_error}
 
 
 def get_divergence(name: str) -> Divergence:

@@ -30,6 +30,13 @@ from mtsmart.options.smart import SmartConfig
 
 log = logging.getLogger(__name__)
 
+Forward = Callable[[torch.Tensor], torch.Tensor]  # embeddings (N, T, H) → task output
+
+
+class _NonFinite(Exception):
+    """An ascent step met a non-finite divergence or gradient; the message says at which step."""
+
+
 @dataclass
 class SmartResult:
     loss: torch.Tensor  # λs · Rs, scalar, to add to the task loss; a zero tensor without graph if skipped/off
@@ -62,8 +69,8 @@ def smart_regularizer(
     forward: embeddings (N, T, H) → task output, e.g. `mtsmart.model.multitask.output_fn(model, batch)`.
     embeds: x (N, T, H), the word-embedding output, part of the parameters' autograd graph.
     clean_output: f(x; θ) from the loop's clean forward (shared with the task loss; not
-        recomputed here). Gradient flows into θ through it and through x (Danskin: only x̃ is
-        held fixed).
+        recomputed here). Gradient flows into θ through it and, with smart.outer_gradient=paper,
+        through x (Danskin: only δ is held fixed); with release, x̃ is detached.
     mask: (N, T, 1), 1 at real tokens (`perturbation.token_mask`); padding is never perturbed.
     generator: draws the initial noise ν; None uses the global RNG.
     """
@@ -74,17 +81,17 @@ def smart_regularizer(
     x = embeds.detach().float()
     embed_norm = _mean_unit_norm(x, cfg, mask)
     radius = unit_radius(x, cfg.epsilon, cfg.epsilon_relative, cfg.norm, cfg.level)
-    delta = _initial_noise(x, cfg.init_scale, mask, generator)  # ν ~ N(0, σ² I)
-    if cfg.steps == 0 and cfg.update == "paper":
-        delta = project(delta, radius, cfg.norm, cfg.level, mask)  # so ‖δ‖_p ≤ ε holds with K = 0 too
+    noise = _initial_noise(x, cfg.init_scale, mask, generator)  # ν ~ N(0, σ² I)
     target = clean_output.detach()  # f(x) is a constant of the inner maximisation
-    for step in range(cfg.steps):
-        inner, grad = _ascent_gradient(forward, x, delta, target, inner_div)
-        if not bool(torch.isfinite(inner) & torch.isfinite(grad).all()):  # one host sync per step
-            return _skip(cfg, embeds.device, embed_norm, f"non-finite inner divergence or ascent gradient at step {step + 1}")
-        delta = _update(delta, grad, radius, cfg, mask)
-    # Outer term: x̃ = x + δ with δ held fixed; x and f(x) stay in the graph of θ.
-    rs = outer_div(forward(embeds + delta), clean_output)
+    ascend = _release_ascent if cfg.update == "release" else _iterate_ascent
+    try:
+        delta = ascend(forward, x, noise, target, inner_div, radius, cfg, mask)
+    except _NonFinite as stop:
+        return _skip(cfg, embeds.device, embed_norm, str(stop))
+    # Outer term with δ held fixed. paper (Danskin): x̃ = x + δ, x and f(x) stay in θ's graph;
+    # release: x̃ detached, so θ is trained through f(x̃)'s layers and f(x), not through x̃'s input.
+    perturbed = embeds + delta if cfg.outer_gradient == "paper" else (embeds.detach() + delta).detach()
+    rs = outer_div(forward(perturbed), clean_output)
     rs_value = float(rs.detach())
     if not math.isfinite(rs_value):
         return _skip(cfg, embeds.device, embed_norm, "non-finite outer divergence")
@@ -115,14 +122,42 @@ def _ascent_gradient(
     return inner.detach(), grad
 
 
+def _iterate_ascent(forward: Forward, x: torch.Tensor, noise: torch.Tensor, target: torch.Tensor, inner_div: Divergence,
+                    radius: Radius, cfg: SmartConfig, mask: torch.Tensor) -> torch.Tensor:
+    """δ after K steps of the paper's (or the reference code's) rule from δ₀ = ν."""
+    delta = noise
+    if cfg.steps == 0 and cfg.update == "paper":
+        delta = project(delta, radius, cfg.norm, cfg.level, mask)  # so ‖δ‖_p ≤ ε holds with K = 0 too
+    for step in range(cfg.steps):
+        grad = _finite_ascent_gradient(forward, x, delta, target, inner_div, step)
+        delta = _update(delta, grad, radius, cfg, mask)
+    return delta
+
+
+def _release_ascent(forward: Forward, x: torch.Tensor, noise: torch.Tensor, target: torch.Tensor, inner_div: Divergence,
+                    radius: Radius, cfg: SmartConfig, mask: torch.Tensor) -> torch.Tensor:
+    """δ = Σ_k η · g_k / (‖g_k‖ + guard) per unit, as the authors' released code accumulates it
+    (docs/method.md "Two readings"): g_k is taken at x + ν + Σ_{j<k} η·ĝ_j, and the noise ν only
+    seeds the gradients — it is not in x̃. No projection. K = 1 gives δ = η · g₁ / (‖g₁‖ + guard)."""
+    pushed = torch.zeros_like(x)
+    for step in range(cfg.steps):
+        grad = _finite_ascent_gradient(forward, x, noise + pushed, target, inner_div, step) * mask
+        pushed = pushed + cfg.step_size * grad / (unit_norm(grad, cfg.norm, cfg.level) + cfg.guard)
+    return pushed
+
+
+def _finite_ascent_gradient(forward: Forward, x: torch.Tensor, delta: torch.Tensor, target: torch.Tensor,
+                            inner_div: Divergence, step: int) -> torch.Tensor:
+    """g = ∇_δ ℓ_inner(f(x + δ), f(x)) of ascent step `step` (from 0); raises _NonFinite if ℓ or g is not finite."""
+    inner, grad = _ascent_gradient(forward, x, delta, target, inner_div)
+    if not bool(torch.isfinite(inner) & torch.isfinite(grad).all()):  # one host sync per step
+        raise _NonFinite(f"non-finite inner divergence or ascent gradient at step {step + 1}")
+    return grad
+
+
 def _update(delta: torch.Tensor, grad: torch.Tensor, radius: Radius, cfg: SmartConfig, mask: torch.Tensor) -> torch.Tensor:
-    """One step of the inner maximisation; returns the new δ (N, T, H), detached."""
+    """One step of the paper's or the reference code's rule; returns the new δ (N, T, H), detached."""
     delta = delta.detach()
-    if cfg.update == "release":
-        # The authors' released code (docs/method.md "Two readings"): δ = η · g / (‖g‖ + guard) per unit, with no
-        # projection; the previous δ (the noise ν at the first step) only seeded g and is dropped.
-        grad = grad * mask
-        return cfg.step_size * grad / (unit_norm(grad, cfg.norm, cfg.level) + cfg.guard)
     if cfg.update == "paper":
         # Algorithm 1: g̃ = g / ‖g‖; x̃ ← Π_{‖x̃ − x‖_p ≤ ε}(x̃ + η g̃).
         ascended = delta + cfg.step_size * normalize(grad, cfg.norm, cfg.level, mask)

@@ -20,6 +20,12 @@ UPDATES = ("paper", "reference", "release")
 # after its LayerNorm and dropout (the authors' released code; docs/method.md "Two readings").
 INPUTS = ("word_embeddings", "embedding_output")
 DROPOUT_MODES = ("shared", "independent")
+# How the outer term ℓs(f(x̃), f(x)) trains θ (docs/method.md "Two readings"): the paper's Danskin reading
+# (x̃ = x + δ with x in the graph, ℓs differentiated on both sides) or the released code's (x̃ detached, the
+# symmetric KL as two one-sided KLs, each with its target detached).
+OUTER_GRADIENTS = ("paper", "release")
+# The released criteria: symmetric KL (classification, ranking) and squared error (regression).
+RELEASED_OUTER_DIVERGENCES = ("auto", "sym_kl", "mse")
 DEFAULT_EPSILON = 1e-5
 DEFAULT_GUARD = 1e-5
 
@@ -41,6 +47,7 @@ class SmartConfig:
     input: Literal["word_embeddings", "embedding_output"] = "word_embeddings"  # the perturbed tensor x: word embeddings (the paper's text) or the embedding module's output (the released code)
     strict: bool = False  # raise on a non-finite ascent gradient instead of skipping the term
     dropout: Literal["shared", "independent"] = "shared"  # perturbed forwards reuse the clean forward's dropout masks, or draw new ones (the reference code)
+    outer_gradient: Literal["paper", "release"] = "paper"  # paper: x̃ = x + δ in the graph, ℓs differentiated on both sides; release: x̃ detached, ℓs's gradient as the released criterion
 
     def __post_init__(self) -> None:
         for key in ("weight", "step_size", "init_scale", "epsilon", "guard"):
@@ -54,6 +61,7 @@ class SmartConfig:
         _check_choice("update", self.update, UPDATES)
         _check_choice("input", self.input, INPUTS)
         _check_choice("dropout", self.dropout, DROPOUT_MODES)
+        _check_choice("outer_gradient", self.outer_gradient, OUTER_GRADIENTS)
         _check_choice("inner_div", self.inner_div, ("auto", *DIVERGENCES))
         _check_choice("outer_div", self.outer_div, ("auto", *DIVERGENCES))
         if self.update != "paper" and self.epsilon != DEFAULT_EPSILON:
@@ -64,6 +72,9 @@ class SmartConfig:
         if self.update == "paper" and self.guard != DEFAULT_GUARD:
             raise ValueError("smart.guard is the division guard of smart.update=reference and release; "
                              "smart.update=paper has none (its radius is smart.epsilon)")
+        if self.outer_gradient == "release" and self.outer_div not in RELEASED_OUTER_DIVERGENCES:
+            raise ValueError(f"smart.outer_gradient=release is the gradient of the released criteria {RELEASED_OUTER_DIVERGENCES[1:]}; "
+                             f"smart.outer_div={self.outer_div} has none (use smart.outer_gradient=paper)")
         if self.update != "paper" and self.epsilon_relative:
             # The reference and release rules have no radius (ε is only their denominator guard),
             # so a relative radius would be parsed and ignored: refuse it.

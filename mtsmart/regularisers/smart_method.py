@@ -17,7 +17,7 @@ from mtsmart.tasks.batch import Batch
 from mtsmart.model.multitask import embedding_output_fn, output_fn
 from mtsmart.arithmetic.perturbation import token_mask
 from mtsmart.arithmetic.rng import RngSnapshot, replay
-from mtsmart.arithmetic.divergence import Divergence, get_divergence
+from mtsmart.arithmetic.divergence import RELEASED_GRADIENT, Divergence, get_divergence
 from mtsmart.arithmetic.smart import SmartResult, off_result, smart_regularizer, warn_if_below_resolution
 from mtsmart.options.smart import SmartConfig
 from mtsmart.tasks.types import TaskType
@@ -26,10 +26,12 @@ log = logging.getLogger(__name__)
 
 
 def divergences_for(cfg: SmartConfig, task_type: TaskType) -> tuple[Divergence, Divergence]:
-    """(ℓ_inner, ℓ_outer) for a task type; "auto" is the type's default (sym_kl or mse)."""
+    """(ℓ_inner, ℓ_outer) for a task type; "auto" is the type's default (sym_kl or mse). With
+    smart.outer_gradient=release, ℓ_outer is the released criterion: the same value, its gradient."""
+    outer = task_type.divergence("smart.outer_div", cfg.outer_div)
     return (
         get_divergence(task_type.divergence("smart.inner_div", cfg.inner_div)),
-        get_divergence(task_type.divergence("smart.outer_div", cfg.outer_div)),
+        RELEASED_GRADIENT[outer] if cfg.outer_gradient == "release" else get_divergence(outer),
     )
 
 
