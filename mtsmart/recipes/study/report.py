@@ -13,7 +13,8 @@ from typing import Optional
 from mtsmart.recipes.study.results import (
     PairedDifference, chosen_point, metrics_by_seed, paired_difference, paired_ratio, pooled_difference, summarise,
 )
-from mtsmart.recipes.study.runner import RUN_RECORD, is_done
+from mtsmart.recipes.study.results import is_done
+from mtsmart.recipes.study.runner import RUN_RECORD
 from mtsmart.recipes.study.spec import Job, Study
 
 SCALE = 100.0  # metrics are shown in points
@@ -56,9 +57,9 @@ def _minutes(study: Study, setting: str, variant: str, point: str, seeds: list[i
 
 
 def report_values(study: Study, setting: str) -> dict[str, tuple[Optional[str], dict[int, float]]]:
-    """variant → (chosen point or None, {report seed: metric})."""
+    """variant → (chosen point or None, {report seed: metric}), for the setting's variants."""
     out = {}
-    for variant in study.variants:
+    for variant in study.variants_in(setting):
         point = chosen_point(study, setting, variant)
         out[variant] = (point, metrics_by_seed(study, setting, variant, point, study.report_seeds) if point else {})
     return out
@@ -66,12 +67,11 @@ def report_values(study: Study, setting: str) -> dict[str, tuple[Optional[str], 
 
 def setting_markdown(study: Study, setting: str) -> tuple[list[str], float]:
     lines, minutes = [f"### {setting}", ""], 0.0
-    if any(len(study.points(v)) > 1 for v in study.variants):
+    tuned = [v for v in study.variants_in(setting) if study.trains(v) and study.tunes(setting, v)]
+    if tuned:
         lines += [f"Tuning, seeds {study.tune_seeds} (the chosen point in bold):", "",
                   "| variant | grid point | n | mean ± std |", "|---|---|---|---|"]
-        for variant in study.variants:
-            if len(study.points(variant)) == 1:
-                continue
+        for variant in tuned:
             chosen = chosen_point(study, setting, variant)
             for point, _ in study.points(variant):
                 found = metrics_by_seed(study, setting, variant, point, study.tune_seeds)
@@ -80,8 +80,10 @@ def setting_markdown(study: Study, setting: str) -> tuple[list[str], float]:
                 lines.append(f"| {variant} | {name} | {len(found)} | {_pm(list(found.values())) if found else '—'} |")
         lines.append("")
     values = report_values(study, setting)
+    if study.baseline not in values:
+        return lines + scores_markdown(study, values) + per_seed_markdown(study, values), minutes
     baseline = values[study.baseline][1]
-    comparisons = len(values) - 1 + len(study.comparisons)
+    comparisons = len(values) - 1 + len([pair for pair in study.comparisons if set(pair) <= set(values)])
     level = family_level(comparisons)
     lines += [f"Report, seeds {study.report_seeds}; Δ = seed-paired difference to {study.baseline} with its 95% "
               f"t-interval (**+** / **−**: the interval excludes 0); beside it the same difference's interval at "
@@ -105,11 +107,24 @@ def setting_markdown(study: Study, setting: str) -> tuple[list[str], float]:
         per_run = f"{run_minutes / len(found):.1f}" if found else "—"
         lines.append(f"| {variant} | {point} | {len(found)} | {_pm(ordered) if ordered else '—'} | {best} | {delta} "
                      f"| {adjusted} | {per_run} |")
-    for variant, reference in study.comparisons:
+    for variant, reference in [pair for pair in study.comparisons if set(pair) <= set(values)]:
         pair = values[variant][1], values[reference][1]
         lines.append(f"| {variant} − {reference} | | | | | {_interval(*pair)} | {_interval(*pair, level=level)} | |")
     lines.append("")
     return lines + per_seed_markdown(study, values), minutes
+
+
+def scores_markdown(study: Study, values: dict[str, tuple[Optional[str], dict[int, float]]]) -> list[str]:
+    """A setting without the baseline (a stage that later stages start from): each variant's
+    mean ± std on the report seeds, nothing to pair with."""
+    lines = [f"Report, seeds {study.report_seeds} ({study.baseline} does not run in this setting):", "",
+             "| variant | grid point | n | mean ± std | best of 3 |", "|---|---|---|---|---|"]
+    for variant, (point, found) in values.items():
+        ordered = [found[s] * SCALE for s in study.report_seeds if s in found]
+        summary = summarise(ordered) if ordered else None
+        best = f"{summary.best_of_3:.2f}" if summary and summary.best_of_3 is not None else "—"
+        lines.append(f"| {variant} | {point or '(tuning unfinished)'} | {len(ordered)} | {_pm(ordered) if ordered else '—'} | {best} |")
+    return lines + [""]
 
 
 def per_seed_markdown(study: Study, values: dict[str, tuple[Optional[str], dict[int, float]]]) -> list[str]:
@@ -125,17 +140,17 @@ def per_seed_markdown(study: Study, values: dict[str, tuple[Optional[str], dict[
     return lines
 
 
-def pooled_rows(study: Study) -> list[tuple[str, str, int, Optional[PairedDifference]]]:
-    """(variant, reference, settings with ≥ 2 paired report seeds, the pooled difference in points
-    or None until every setting has them): every variant against the baseline, then the
-    `comparisons` pairs."""
+def pooled_rows(study: Study) -> list[tuple[str, str, int, int, Optional[PairedDifference]]]:
+    """(variant, reference, settings with ≥ 2 paired report seeds, settings where both run, the
+    pooled difference in points or None until every such setting has them): every variant against
+    the baseline, then the `comparisons` pairs."""
     per_setting = [report_values(study, setting) for setting in study.settings]
     pairs = [(v, study.baseline) for v in study.variants if v != study.baseline] + list(study.comparisons)
     rows = []
     for variant, reference in pairs:
-        data = [(_scaled(v[variant][1]), _scaled(v[reference][1])) for v in per_setting]
+        data = [(_scaled(v[variant][1]), _scaled(v[reference][1])) for v in per_setting if variant in v and reference in v]
         ready = sum(len(set(a) & set(b)) >= 2 for a, b in data)
-        rows.append((variant, reference, ready, pooled_difference(data) if ready == len(data) else None))
+        rows.append((variant, reference, ready, len(data), pooled_difference(data) if data and ready == len(data) else None))
     return rows
 
 
@@ -146,11 +161,12 @@ def pooled_markdown(study: Study) -> list[str]:
         return []
     lines = ["### All settings", "",
              f"Each seed-paired difference (to {study.baseline}, then the `comparisons`), averaged over the "
-             f"{len(study.settings)} settings (the unweighted mean of the per-setting mean differences), with its "
+             "settings where both run (the unweighted mean of the per-setting mean differences), with its "
              "95% Welch–Satterthwaite t-interval (each setting keeps its own seed variance):", "",
              "| difference | settings with results | mean over settings [95% CI] |", "|---|---|---|"]
-    for variant, reference, ready, d in pooled_rows(study):
-        lines.append(f"| {variant} − {reference} | {ready} of {len(study.settings)} | {_difference_cell(d)} |")
+    for variant, reference, ready, shared, d in pooled_rows(study):
+        if shared:
+            lines.append(f"| {variant} − {reference} | {ready} of {shared} | {_difference_cell(d)} |")
     lines.append("")
     return lines
 
@@ -253,7 +269,7 @@ def runs_done(study: Study) -> tuple[int, int]:
     for setting in study.settings:
         for job in study.tune_jobs(setting):
             total, done = total + 1, done + is_done(job, study)
-        for variant in study.variants:
+        for variant in [v for v in study.variants_in(setting) if study.trains(v)]:
             point = chosen_point(study, setting, variant)
             for seed in study.report_seeds:
                 total += 1
@@ -285,15 +301,17 @@ def plot_panels(study: Study) -> list[Panel]:
     """The plot's panels: one per setting, each variant's paired difference to the baseline (None
     until both have two paired report runs); with several settings, the differences averaged over
     them (None until every setting has them)."""
-    others = [v for v in study.variants if v != study.baseline]
     panels: list[Panel] = []
     for setting in study.settings:
         values = report_values(study, setting)
+        if study.baseline not in values:
+            continue  # a stage without the baseline: nothing to pair
         baseline = _scaled(values[study.baseline][1])
-        panels.append((setting, {v: paired_difference(_scaled(values[v][1]), baseline) for v in others},
+        panels.append((setting, {v: paired_difference(_scaled(values[v][1]), baseline) for v in values if v != study.baseline},
                        "no paired report runs yet"))
     if len(study.settings) > 1:
-        pooled = {variant: d for variant, reference, _, d in pooled_rows(study) if reference == study.baseline}
+        pooled = {variant: d for variant, reference, _, shared, d in pooled_rows(study)
+                  if reference == study.baseline and shared}
         panels.append(("all settings (mean)", pooled, "waits for every setting's\npaired report runs"))
     return panels
 

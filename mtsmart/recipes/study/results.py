@@ -13,6 +13,17 @@ from scipy import stats as scipy_stats
 from mtsmart.recipes.study.spec import Job, Study
 
 RESULTS = "results.json"
+ROBUSTNESS = "robustness.json"  # written by `mtsmart robustness` into the run folder
+
+
+def is_finished(folder: Path) -> bool:
+    return (folder / RESULTS).is_file()
+
+
+def is_done(job: Job, study: Study) -> bool:
+    """Finished, with its robustness measured when the study asks for it."""
+    folder = job.folder(study.runs_dir)
+    return is_finished(folder) and (not study.measures_robustness(job) or (folder / ROBUSTNESS).is_file())
 
 
 def run_metric(folder: Path, metric: str) -> Optional[float]:
@@ -26,12 +37,37 @@ def run_metric(folder: Path, metric: str) -> Optional[float]:
     return float(final[metric])
 
 
+def task_metric(folder: Path, metric: str, task: str) -> Optional[float]:
+    """A multi-task run's score on one task: with metric `avg`, the mean of that task's metrics in
+    results.json "final" (what `avg` is in a run of that task alone); another metric as it is."""
+    if metric != "avg":
+        return run_metric(folder, metric)
+    path = folder / RESULTS
+    if not path.is_file():
+        return None
+    final = json.loads(path.read_text(encoding="utf-8")).get("final", {})
+    values = [float(v) for key, v in final.items() if key.startswith(f"{task}/")]
+    if not values:
+        raise KeyError(f"{path}: no metric of task {task!r} in final (has {sorted(final)})")
+    return sum(values) / len(values)
+
+
 def metrics_by_seed(study: Study, setting: str, variant: str, point: str, seeds: list[int]) -> dict[int, float]:
-    """{seed: metric} of the finished runs among `seeds`."""
+    """{seed: metric} of the finished runs among `seeds`. A `scores_of` variant reads the same
+    seed's run of its source cell (at the source's chosen point) on this setting's task."""
+    source = study.scores_of.get(variant)
+    if source is not None:
+        source_point = chosen_point(study, source.setting, source.variant)
+        if source_point is None:
+            return {}
+        task = study.settings[setting]["tasks"][0]
+        read = lambda seed: task_metric(Job(source.setting, source.variant, source_point, seed, "", {}).folder(study.runs_dir),
+                                        study.metric, task)
+    else:
+        read = lambda seed: run_metric(Job(setting, variant, point, seed, "", {}).folder(study.runs_dir), study.metric)
     found = {}
     for seed in seeds:
-        job = Job(setting, variant, point, seed, "", {})
-        value = run_metric(job.folder(study.runs_dir), study.metric)
+        value = read(seed)
         if value is not None:
             found[seed] = value
     return found

@@ -22,18 +22,18 @@ from typing import Callable, Optional
 
 import yaml
 
-from mtsmart.recipes.study.results import RESULTS, chosen_point
+from mtsmart.recipes.study import stages
+from mtsmart.recipes.study.results import RESULTS, ROBUSTNESS, chosen_point, is_done, is_finished
 from mtsmart.recipes.study.run_times import Cell, fit_run_times, hours_to_go
 from mtsmart.recipes.study.spec import Job, Study
 
 RUN_CONFIG = "study_config.yaml"  # the run's config as the study built it (mtsmart train reads it)
 RUN_RECORD = "study_run.json"  # wall time and exit status, summed over resumed attempts
-CHECKPOINTS = "checkpoints"
+CHECKPOINTS = stages.CHECKPOINTS
 # Under a time budget a run starts only if this many times its expected time fits in what is
 # left: 154 of smart_parts' first 155 runs took at most 1.5x the fit's time, 29 over 1.25x
 # (other jobs on the machine, robustness measurements; docs/study.md).
 TIME_MARGIN = 1.5
-ROBUSTNESS = "robustness.json"  # written by `mtsmart robustness` into the run folder
 
 
 @dataclass
@@ -54,19 +54,7 @@ class Running:
                 and is_finished(folder) and not (folder / ROBUSTNESS).is_file())
 
 
-def is_finished(folder: Path) -> bool:
-    return (folder / RESULTS).is_file()
-
-
-def is_done(job: Job, study: Study) -> bool:
-    """Finished, with its robustness measured when the study asks for it."""
-    folder = job.folder(study.runs_dir)
-    return is_finished(folder) and (not study.measures_robustness(job) or (folder / ROBUSTNESS).is_file())
-
-
-def has_checkpoint(folder: Path) -> bool:
-    checkpoints = folder / CHECKPOINTS
-    return checkpoints.is_dir() and any(p.name.startswith("step_") for p in checkpoints.iterdir())
+has_checkpoint = stages.has_weights
 
 
 def thread_env(threads: int) -> dict[str, str]:
@@ -74,10 +62,16 @@ def thread_env(threads: int) -> dict[str, str]:
 
 
 def launch(job: Job, runs_dir: Path, threads: int, robustness: Optional[tuple[str, ...]] = None) -> Running:
+    """Starts a run. A finished run handed out again is a source run whose weights are gone: it is
+    trained again beside its set-aside files (mtsmart.recipes.study.stages)."""
     folder = job.folder(runs_dir)
+    if is_finished(folder):
+        stages.set_aside(folder)
     resume = has_checkpoint(folder)
     if folder.exists() and not resume:
-        shutil.rmtree(folder)  # an attempt that left nothing to continue from: start it again
+        for item in folder.iterdir():  # an attempt that left nothing to continue from: start it again
+            if item.name not in (stages.PREVIOUS_RUN, *stages.KEPT_FILES):
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
     folder.mkdir(parents=True, exist_ok=True)
     config = {**job.overrides, "output_dir": str(folder)}
     (folder / RUN_CONFIG).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
@@ -100,8 +94,9 @@ def launch_robustness(trained: Running, runs_dir: Path) -> Running:
                    trained.log_start, "robustness")
 
 
-def record(running: Running, runs_dir: Path) -> bool:
-    """Notes the attempt's wall time and status; drops a finished run's checkpoints."""
+def record(running: Running, runs_dir: Path, keep_checkpoints: bool = False) -> bool:
+    """Notes the attempt's wall time and status; drops a finished run's checkpoints unless told to
+    keep them (a later stage starts from them)."""
     running.log.close()
     folder = running.job.folder(runs_dir)
     path = folder / RUN_RECORD
@@ -115,22 +110,23 @@ def record(running: Running, runs_dir: Path) -> bool:
         "finished": finished,
     }
     path.write_text(json.dumps(entry, indent=2) + "\n", encoding="utf-8")
-    if finished and (folder / CHECKPOINTS).exists():
+    if finished and not keep_checkpoints and (folder / CHECKPOINTS).exists():
         shutil.rmtree(folder / CHECKPOINTS)
     return finished
 
 
 def drop_finished_checkpoints(study: Study) -> None:
-    """Checkpoints of runs that finished while the runner was not watching (an interrupt), unless
-    the run still owes its robustness measurement, which needs them."""
+    """Checkpoints of done runs that no later stage starts from: those that finished while the
+    runner was not watching (an interrupt), and sources whose dependent runs are all done. A run
+    that still owes its robustness measurement keeps them."""
     if not study.runs_dir.is_dir():
         return
-    for results in study.runs_dir.glob(f"**/{RESULTS}"):
+    for results in study.runs_dir.glob(f"*/*/*/seed_*/{RESULTS}"):  # not previous_run/ of a rerun
         folder = results.parent
         setting, variant, point, seed = folder.relative_to(study.runs_dir).parts
-        phase = "report" if int(seed.removeprefix("seed_")) in study.report_seeds else "tune"
-        job = Job(setting, variant, point, int(seed.removeprefix("seed_")), phase, {})
-        if (folder / CHECKPOINTS).exists() and is_done(job, study):
+        number = int(seed.removeprefix("seed_"))
+        job = Job(setting, variant, point, number, stages.phase_of(study, number), {})
+        if (folder / CHECKPOINTS).exists() and is_done(job, study) and not stages.needs_weights(study, job):
             shutil.rmtree(folder / CHECKPOINTS)
 
 
@@ -143,29 +139,57 @@ class Queue:
         self.settings = list(study.settings) if settings is None else settings
         drop_finished_checkpoints(study)
         self.tune = {s: [j for j in study.tune_jobs(s) if not is_finished(j.folder(study.runs_dir))] for s in self.settings}
-        self.report = {s: [(v, seed) for v in study.variants for seed in study.report_seeds] for s in self.settings}
+        self.report = {s: [(v, seed) for v in study.variants_in(s) if study.trains(v) for seed in study.report_seeds]
+                       for s in self.settings}
+        self.reruns: set[Path] = set()  # source runs handed out to be trained again (each once per invocation)
 
     def next_ready(self, fits: Callable[[Job], bool] = lambda job: True) -> Optional[Job]:
-        """The first run that can start now and `fits` (each run is handed out once), or None.
-        Within a setting, report runs of variants whose point is chosen go first (the baseline's
-        among them), so paired comparisons complete early; then the remaining tune runs. A run
-        that does not fit stays queued."""
-        for setting in self.settings:
-            for variant, seed in list(self.report[setting]):
-                point = chosen_point(self.study, setting, variant)
-                if point is None:
-                    continue
-                job = self.study.report_job(setting, variant, point, seed)
-                if is_done(job, self.study):
-                    self.report[setting].remove((variant, seed))
-                elif fits(job):
-                    self.report[setting].remove((variant, seed))
-                    return job
-            for job in self.tune[setting]:
-                if fits(job):
-                    self.tune[setting].remove(job)
-                    return job
+        """The first run that can start now and `fits`, or None; each run is handed out once. Runs
+        whose source run is done go first, so a source's checkpoint is dropped soon; then, setting
+        by setting, report runs of variants whose point is chosen (the baseline's among them), so
+        paired comparisons complete early; then the remaining tune runs. A run that does not fit,
+        or whose source run is not done, stays queued; a source run whose weights are gone is
+        handed out (finished) to be trained again, once."""
+        for only_dependents in (True, False):
+            for setting in self.settings:
+                for variant, seed in list(self.report[setting]):
+                    point = chosen_point(self.study, setting, variant)
+                    if point is None or (only_dependents and variant not in self.study.init_from):
+                        continue
+                    job = self.study.report_job(setting, variant, point, seed)
+                    if is_done(job, self.study):
+                        self.report[setting].remove((variant, seed))
+                        continue
+                    handed = self._hand_out(job, fits)
+                    if handed is not None:
+                        if handed.variant == variant:
+                            self.report[setting].remove((variant, seed))
+                        return handed
+                for job in list(self.tune[setting]):
+                    if only_dependents and job.variant not in self.study.init_from:
+                        continue
+                    handed = self._hand_out(job, fits)
+                    if handed is not None:
+                        if handed.variant == job.variant:
+                            self.tune[setting].remove(job)
+                        return handed
         return None
+
+    def _hand_out(self, job: Job, fits: Callable[[Job], bool]) -> Optional[Job]:
+        """The job if it can start now; its source run if that must be trained again first (its
+        weights are gone); None if it waits (for its source run, or for time)."""
+        if job.variant in self.study.init_from:
+            source = stages.source_job(self.study, job.variant, job.seed)
+            if source is None or not is_done(source, self.study):
+                return None  # the source is still tuning or running, or queued like any other run
+            folder = source.folder(self.study.runs_dir)
+            if not has_checkpoint(folder):
+                if folder in self.reruns or not fits(source):
+                    return None
+                self.reruns.add(folder)
+                return source
+            job = stages.starting_from(job, folder)
+        return job if fits(job) else None
 
     def pending(self) -> list[Cell]:
         """(setting, variant) of each run not yet handed out and not done."""
@@ -236,8 +260,10 @@ def run_study(
                 if job is None:
                     break
                 plan = study.robustness.args if study.measures_robustness(job) else None
+                rerun = is_finished(job.folder(study.runs_dir))
                 running.append(launch(job, study.runs_dir, threads, plan))
-                print(f"start  {_name(job)} ({job.phase})", flush=True)
+                print(f"start  {_name(job)} ({job.phase}{'; trained again: a later stage needs its weights' if rerun else ''})",
+                      flush=True)
             look_for_runs = False
             if not running:
                 break
@@ -249,10 +275,14 @@ def run_study(
                     running.append(launch_robustness(item, study.runs_dir))
                     print(f"robust {_name(item.job)} (training done; measuring robustness)", flush=True)
                     continue
-                done = record(item, study.runs_dir)
+                done = record(item, study.runs_dir, keep_checkpoints=stages.needs_weights(study, item.job))
                 seconds = time.monotonic() - item.started
                 if done:
                     failures_in_a_row = 0
+                    difference = stages.compare_rerun(item.job.folder(study.runs_dir))
+                    if difference:
+                        print(f"RERUN  {_name(item.job)}: {difference}", flush=True)
+                    drop_finished_checkpoints(study)  # sources whose last dependent run just finished
                     observed = finished_run_seconds(study)
                     if budget is not None:
                         budget.refit(observed)

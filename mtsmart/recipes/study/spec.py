@@ -15,6 +15,12 @@ A run's config is base ← setting ← variant ← grid point ← train.seed, ch
 loader as `mtsmart train`. A variant's grid is searched on the tune seeds only; the point with
 the best mean metric there is the one run on the report seeds (reporting on the seeds used for
 tuning would inflate every gain). Without tune seeds, grids are refused.
+
+Stages (MT-DNN's recipe, transfer): a variant may run in some settings only (`settings: [...]`),
+start each run from the same seed's finished run of another cell (`init_from: {setting, variant}`,
+at that cell's chosen point; its model.init_from), or train nothing and read the same seed's run
+of another cell on its setting's one task (`scores_of: {setting, variant}`: the multi-task model
+itself, scored task by task).
 """
 from __future__ import annotations
 
@@ -52,6 +58,14 @@ class Job:
 
 
 @dataclass(frozen=True)
+class Source:
+    """The setting and variant whose runs a later stage starts from (`init_from`) or reads (`scores_of`)."""
+
+    setting: str
+    variant: str
+
+
+@dataclass(frozen=True)
 class RobustnessPlan:
     """Run `mtsmart robustness --run DIR *args` on the report runs of these variants in one setting,
     after each finishes and before its checkpoints are dropped: is the model measurably smoother?"""
@@ -76,6 +90,29 @@ class Study:
     grids: dict[str, dict[str, list[Any]]] = field(default_factory=dict)  # variant → dotted key → values
     comparisons: list[tuple[str, str]] = field(default_factory=list)  # extra (variant, reference) pairs
     robustness: Optional[RobustnessPlan] = None  # `mtsmart robustness` on some report runs
+    runs_in: dict[str, list[str]] = field(default_factory=dict)  # variant → the settings it runs in (default all)
+    init_from: dict[str, Source] = field(default_factory=dict)  # variant → the cell whose same-seed run each run starts from
+    scores_of: dict[str, Source] = field(default_factory=dict)  # variant → the cell whose same-seed run it reads (trains nothing)
+
+    def settings_of(self, variant: str) -> list[str]:
+        return self.runs_in.get(variant, list(self.settings))
+
+    def variants_in(self, setting: str) -> list[str]:
+        """The variants of a setting's table, in file order (those that train and those that read)."""
+        return [v for v in self.variants if setting in self.settings_of(v)]
+
+    def trains(self, variant: str) -> bool:
+        return variant not in self.scores_of
+
+    def dependents_of(self, setting: str, variant: str) -> list[str]:
+        """The variants whose runs start from this cell's runs."""
+        return [v for v, source in self.init_from.items() if source == Source(setting, variant)]
+
+    def tunes(self, setting: str, variant: str) -> bool:
+        """Runs on the tune seeds: a grid to choose on, or a stage a tuned variant starts from."""
+        if len(self.points(variant)) > 1:
+            return True
+        return any(len(self.points(d)) > 1 for d in self.dependents_of(setting, variant))
 
     def measures_robustness(self, job: Job) -> bool:
         plan = self.robustness
@@ -106,10 +143,10 @@ class Study:
     def tune_jobs(self, setting: str) -> list[Job]:
         return [
             Job(setting, variant, point, seed, "tune", self.config_of(setting, variant, values, seed))
-            for variant in self.variants
+            for variant in self.variants_in(setting)
+            if self.trains(variant) and self.tunes(setting, variant)  # without a grid there is nothing to tune
             for point, values in self.points(variant)
             for seed in self.tune_seeds
-            if len(self.points(variant)) > 1  # without a grid there is nothing to tune
         ]
 
     def report_job(self, setting: str, variant: str, point: str, seed: int) -> Job:
@@ -130,6 +167,7 @@ def merge(into: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 REQUIRED = ("name", "metric", "baseline", "seeds", "settings", "variants")
 KNOWN = (*REQUIRED, "output_dir", "base", "comparisons", "robustness")
+STAGE_KEYS = ("settings", "init_from", "scores_of")  # a variant's keys that are not config
 
 
 def load_study(path: str | Path) -> Study:
@@ -165,9 +203,12 @@ def _build(path: Path, data: dict[str, Any]) -> Study:
     report = _seed_list(seeds.get("report"), "seeds.report")
     if set(tune) & set(report):
         raise StudyError(f"seeds.tune and seeds.report share {sorted(set(tune) & set(report))}: report on fresh seeds")
-    variants, grids = {}, {}
+    settings = {name: dict(_mapping(value or {}, f"settings.{name}"))
+                for name, value in _mapping(data["settings"], "settings").items()}
+    variants, grids, stages = {}, {}, {}
     for name, entry in _mapping(data["variants"], "variants").items():
         entry = dict(_mapping(entry or {}, f"variants.{name}"))
+        stages[name] = {key: entry.pop(key) for key in STAGE_KEYS if key in entry}
         grid = _mapping(entry.pop(GRID_KEY, {}) or {}, f"variants.{name}.grid")
         for key, values in grid.items():
             if not isinstance(values, list) or not values:
@@ -183,8 +224,12 @@ def _build(path: Path, data: dict[str, Any]) -> Study:
         if not (isinstance(pair, list) and len(pair) == 2 and all(p in variants for p in pair)):
             raise StudyError(f"comparisons[{i}]: give [variant, reference variant], both among {list(variants)}")
         comparisons.append((pair[0], pair[1]))
+    runs_in, init_from, scores_of = _stages(stages, settings, variants, grids)
     robustness = _robustness_plan(data.get("robustness"), list(data["settings"]), list(variants))
     return Study(
+        runs_in=runs_in,
+        init_from=init_from,
+        scores_of=scores_of,
         robustness=robustness,
         path=path,
         name=str(data["name"]),
@@ -194,12 +239,58 @@ def _build(path: Path, data: dict[str, Any]) -> Study:
         tune_seeds=tune,
         report_seeds=report,
         base=dict(_mapping(data.get("base") or {}, "base")),
-        settings={name: dict(_mapping(value or {}, f"settings.{name}"))
-                  for name, value in _mapping(data["settings"], "settings").items()},
+        settings=settings,
         variants=variants,
         grids=grids,
         comparisons=comparisons,
     )
+
+
+def _stages(stages: dict[str, dict[str, Any]], settings: dict[str, dict[str, Any]], variants: dict[str, dict[str, Any]],
+            grids: dict[str, dict[str, list[Any]]]) -> tuple[dict[str, list[str]], dict[str, Source], dict[str, Source]]:
+    """(runs_in, init_from, scores_of) from each variant's `settings`, `init_from` and `scores_of`."""
+    runs_in: dict[str, list[str]] = {}
+    for name, keys in stages.items():
+        if "settings" in keys:
+            chosen = keys["settings"]
+            if not isinstance(chosen, list) or not chosen or any(s not in settings for s in chosen):
+                raise StudyError(f"variants.{name}.settings: give a list of settings among {list(settings)}, got {chosen!r}")
+            runs_in[name] = list(chosen)
+
+    def where(variant: str) -> list[str]:
+        return runs_in.get(variant, list(settings))
+
+    def cell(name: str, key: str) -> Source:
+        value = _mapping(stages[name][key], f"variants.{name}.{key}")
+        if set(value) != {"setting", "variant"}:
+            raise StudyError(f"variants.{name}.{key}: give {{setting: S, variant: V}}, got {value!r}")
+        source = Source(str(value["setting"]), str(value["variant"]))
+        if source.variant not in variants or source.setting not in where(source.variant):
+            raise StudyError(f"variants.{name}.{key}: {source.variant!r} does not run in setting {source.setting!r}")
+        if {"init_from", "scores_of"} & set(stages[source.variant]):
+            raise StudyError(f"variants.{name}.{key}: {source.variant!r} is itself a later stage; "
+                             "start from (or read) a cell that trains from the packaged encoder")
+        return source
+
+    init_from, scores_of = {}, {}
+    for name, keys in stages.items():
+        if "init_from" in keys and "scores_of" in keys:
+            raise StudyError(f"variants.{name}: init_from trains from a run, scores_of reads one; give one of them")
+        if "init_from" in keys:
+            init_from[name] = cell(name, "init_from")
+            if variants[name].get("model", {}).get("init_from"):
+                raise StudyError(f"variants.{name}: model.init_from is set by init_from (the same seed's run of the cell)")
+        if "scores_of" in keys:
+            scores_of[name] = source = cell(name, "scores_of")
+            if variants[name] or grids[name]:
+                raise StudyError(f"variants.{name}: a variant with scores_of trains nothing; give it no config and no grid")
+            source_tasks = settings[source.setting].get("tasks", [])
+            for setting in where(name):
+                tasks = settings[setting].get("tasks", [])
+                if len(tasks) != 1 or tasks[0] not in source_tasks:
+                    raise StudyError(f"variants.{name}.scores_of: setting {setting!r} must have one task that setting "
+                                     f"{source.setting!r} trains (has {tasks!r})")
+    return runs_in, init_from, scores_of
 
 
 def _robustness_plan(value: Any, settings: list[str], variants: list[str]) -> Optional[RobustnessPlan]:
@@ -226,10 +317,12 @@ def _check_every_run(study: Study) -> None:
     if not study.settings:
         raise StudyError("settings: give at least one setting")
     for setting in study.settings:
-        for variant in study.variants:
+        for variant in [v for v in study.variants_in(setting) if study.trains(v)]:
             for point, values in study.points(variant):
                 where = f"settings.{setting} × variants.{variant} ({point})"
                 data = study.config_of(setting, variant, values, seed=0)
+                if variant in study.init_from:  # the source run's folder, known once it has run
+                    apply_override(data, ["model", "init_from"], "<the source run>")
                 if "output_dir" in data:
                     raise StudyError(f"{where}: output_dir is set by the study (runs/<setting>/<variant>/<point>/seed_<n>)")
                 try:

@@ -1,0 +1,185 @@
+"""Stages in a study (docs/study.md "Stages"): variants that run in some settings only, start from
+another cell's same-seed run (`init_from`) or read it task by task (`scores_of`); the queue's
+order, the source's kept weights, and a source trained again when its weights are gone."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mtsmart.cli import main
+from mtsmart.recipes.study import stages
+from mtsmart.recipes.study.report import markdown
+from mtsmart.recipes.study.results import metrics_by_seed
+from mtsmart.recipes.study.runner import Queue, drop_finished_checkpoints
+from mtsmart.recipes.study.spec import Job, StudyError, load_study
+
+TINY_BASE = {
+    "model": {"name_or_path": "tiny", "tiny_hidden_size": 32},
+    "data": {"max_seq_len": 48, "train_examples": 48},
+    "train": {"batch_size": 8, "lr": 1.0e-3, "max_steps": 3, "save_every_steps": 3},
+    "eval": {"max_examples": 32},
+    "adversarial": {"method": "none"},
+    "bregman": {"mu": 0.0},
+}
+SETTINGS = {"mt": {"tasks": ["rte", "mrpc"]}, "rte": {"tasks": ["rte"]}, "mrpc": {"tasks": ["mrpc"]}}
+VARIANTS = {
+    "plain": {"settings": ["rte", "mrpc"]},
+    "mt": {"settings": ["mt"]},
+    "mtdnn": {"settings": ["rte", "mrpc"], "init_from": {"setting": "mt", "variant": "mt"},
+              "model": {"init_heads": "carry"}},
+    "mt_model": {"settings": ["rte", "mrpc"], "scores_of": {"setting": "mt", "variant": "mt"}},
+}
+
+
+def write_study(folder: Path, **changes) -> Path:
+    data = {"name": "staged", "metric": "avg", "baseline": "plain", "seeds": {"report": [1, 2]},
+            "base": TINY_BASE, "settings": SETTINGS, "variants": VARIANTS}
+    data.update(changes)
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def finish(study, setting: str, variant: str, seed: int, final: dict, point: str = "default", weights: bool = False) -> Path:
+    """A finished run as the runner leaves it: results.json, and a step checkpoint if `weights`."""
+    folder = Job(setting, variant, point, seed, "", {}).folder(study.runs_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps({"final": final}), encoding="utf-8")
+    if weights:
+        (folder / "checkpoints" / "step_3").mkdir(parents=True)
+    return folder
+
+
+# --------------------------------------------------------------------------- the study file
+
+
+@pytest.mark.parametrize("variants,words", [
+    ({"plain": {"settings": ["rte", "qnli"]}}, "variants.plain.settings"),
+    ({"plain": {}, "ft": {"init_from": {"setting": "mt", "variant": "nothing"}}}, "variants.ft.init_from"),
+    ({"plain": {}, "ft": {"init_from": {"setting": "rte", "variant": "mt"}}}, "does not run in setting 'rte'"),
+    ({"plain": {}, "ft": {"init_from": "mt"}}, "variants.ft.init_from"),
+    ({"plain": {}, "ft": {"init_from": {"setting": "mt", "variant": "mt"}, "model": {"init_from": "/x"}}}, "model.init_from"),
+    ({"plain": {}, "view": {"settings": ["rte"], "scores_of": {"setting": "mt", "variant": "mt"}, "train": {"lr": 1.0}}},
+     "trains nothing"),
+    ({"plain": {}, "view": {"settings": ["mt"], "scores_of": {"setting": "mt", "variant": "mt"}}}, "must have one task"),
+    ({"plain": {}, "ft": {"settings": ["rte"], "init_from": {"setting": "mt", "variant": "mt"}},
+      "ft2": {"settings": ["mrpc"], "init_from": {"setting": "rte", "variant": "ft"}}}, "is itself a later stage"),
+])
+def test_a_bad_stage_is_refused_naming_the_key(tmp_path, variants, words):
+    variants = {"mt": {"settings": ["mt"]}, **variants}
+    with pytest.raises(StudyError, match=words.replace(".", r"\.")):
+        load_study(write_study(tmp_path, variants=variants))
+
+
+def test_each_variant_runs_only_in_its_settings_and_views_train_nothing(tmp_path):
+    study = load_study(write_study(tmp_path))
+    assert study.variants_in("mt") == ["mt"]
+    assert study.variants_in("rte") == ["plain", "mtdnn", "mt_model"]
+    queue = Queue(study)
+    assert queue.report == {"mt": [("mt", 1), ("mt", 2)],
+                            "rte": [("plain", 1), ("plain", 2), ("mtdnn", 1), ("mtdnn", 2)],
+                            "mrpc": [("plain", 1), ("plain", 2), ("mtdnn", 1), ("mtdnn", 2)]}
+
+
+# --------------------------------------------------------------------------- the queue
+
+
+def handed(queue: Queue) -> list[tuple[str, str, int]]:
+    out = []
+    while (job := queue.next_ready()) is not None:
+        out.append((job.setting, job.variant, job.seed))
+    return out
+
+
+def test_a_later_stage_waits_for_its_source_run_and_starts_from_its_folder(tmp_path):
+    study = load_study(write_study(tmp_path))
+    first = handed(Queue(study))
+    assert ("mt", "mt", 1) in first and not any(variant == "mtdnn" for _, variant, _ in first)
+    source = finish(study, "mt", "mt", 1, {"avg": 0.6, "rte/accuracy": 0.5, "mrpc/accuracy": 0.7}, weights=True)
+    queue = Queue(study)
+    job = queue.next_ready()
+    # Runs whose source is done come first, each with that run's folder as model.init_from.
+    assert (job.setting, job.variant, job.seed) == ("rte", "mtdnn", 1)
+    assert job.overrides["model"]["init_from"] == str(source) and job.overrides["model"]["init_heads"] == "carry"
+    rest = handed(queue)
+    assert rest[0] == ("mrpc", "mtdnn", 1) and ("rte", "mtdnn", 2) not in rest  # seed 2's source has not run
+
+
+def test_a_source_whose_weights_are_gone_is_handed_out_again_once(tmp_path):
+    study = load_study(write_study(tmp_path))
+    finish(study, "mt", "mt", 1, {"avg": 0.6}, weights=False)  # committed results, no checkpoint here
+    queue = Queue(study)
+    job = queue.next_ready()
+    assert (job.setting, job.variant, job.seed) == ("mt", "mt", 1)  # trained again before its dependents
+    assert not any(v == "mtdnn" for _, v, _ in handed(queue))  # and handed out once, not once per dependent
+
+
+def test_a_sources_checkpoint_stays_until_every_run_that_starts_from_it_is_done(tmp_path):
+    study = load_study(write_study(tmp_path))
+    source = finish(study, "mt", "mt", 1, {"avg": 0.6}, weights=True)
+    plain = finish(study, "rte", "plain", 1, {"avg": 0.5}, weights=True)
+    drop_finished_checkpoints(study)
+    assert (source / "checkpoints").is_dir() and not (plain / "checkpoints").exists()
+    finish(study, "rte", "mtdnn", 1, {"avg": 0.55})
+    drop_finished_checkpoints(study)
+    assert (source / "checkpoints").is_dir()  # mrpc's run from it is still to come
+    finish(study, "mrpc", "mtdnn", 1, {"avg": 0.65})
+    drop_finished_checkpoints(study)
+    assert not (source / "checkpoints").exists()
+
+
+def test_a_rerun_sets_the_committed_files_aside_and_compares_its_scores(tmp_path):
+    folder = tmp_path / "seed_1"
+    (folder / "tb").mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"final": {"avg": 0.6}}))
+    (folder / "study_run.json").write_text("{}")
+    stages.set_aside(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["previous_run", "study_run.json"]
+    assert sorted(p.name for p in (folder / "previous_run").iterdir()) == ["results.json", "tb"]
+    (folder / "results.json").write_text(json.dumps({"final": {"avg": 0.6}}))
+    assert stages.compare_rerun(folder) is None and not (folder / "previous_run").exists()  # reproduced
+    stages.set_aside(folder)
+    (folder / "results.json").write_text(json.dumps({"final": {"avg": 0.7}}))
+    assert "differ" in stages.compare_rerun(folder) and (folder / "previous_run" / "results.json").is_file()
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def test_a_view_reads_its_settings_task_from_the_multi_task_run_and_is_paired(tmp_path):
+    study = load_study(write_study(tmp_path))
+    for seed, (rte, mrpc_acc, mrpc_f1) in {1: (0.50, 0.70, 0.80), 2: (0.60, 0.72, 0.82)}.items():
+        finish(study, "mt", "mt", seed, {"avg": 0.6, "rte/accuracy": rte, "mrpc/accuracy": mrpc_acc, "mrpc/f1": mrpc_f1})
+        finish(study, "rte", "plain", seed, {"avg": 0.52})
+    # By hand: a task's score is the mean of its metrics, as `avg` is in a run of that task alone.
+    assert metrics_by_seed(study, "mrpc", "mt_model", "default", [1, 2]) == pytest.approx({1: 0.75, 2: 0.77})
+    assert metrics_by_seed(study, "rte", "mt_model", "default", [1, 2]) == pytest.approx({1: 0.50, 2: 0.60})
+    report = markdown(study)
+    assert "### mt" in report and "(plain does not run in this setting)" in report
+    # rte: mt_model − plain = (−2, +8) points, mean +3.00.
+    row = next(line for line in report.splitlines() if line.startswith("| mt_model | default | 2 | 55.00"))
+    assert "+3.00 [" in row
+    assert "Runs done: 4 of 10." in report  # of 2 mt + 2 × 2 plain + 2 × 2 mtdnn runs; the view trains nothing
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_a_tiny_staged_study_runs_each_stage_from_its_source(tmp_path, data_root, monkeypatch, capsys):
+    monkeypatch.setenv("MTSMART_DATA", str(data_root))
+    path = write_study(tmp_path, seeds={"report": [1]})
+    assert main(["study", str(path), "--workers", "2", "--threads", "1"]) == 0
+    study = load_study(path)
+    source = Job("mt", "mt", "default", 1, "", {}).folder(study.runs_dir)
+    for setting in ("rte", "mrpc"):
+        folder = Job(setting, "mtdnn", "default", 1, "", {}).folder(study.runs_dir)
+        info = json.loads((folder / "run_info.json").read_text())
+        assert Path(info["init_from"]["checkpoint"]).parent.parent == source
+        assert info["init_from"]["heads"] == {setting: "carried"}  # model.init_heads=carry: the mt run's head
+    assert not (source / "checkpoints").exists()  # dropped once both fine-tuned runs were done
+    report = (study.output_dir / "report.md").read_text()
+    assert "Runs done: 5 of 5." in report and "| mt_model | default | 1 |" in report
