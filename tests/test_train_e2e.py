@@ -133,6 +133,13 @@ def test_train_mt_script_smoke_config(tmp_path, data_root):
     # The events hold what results.json says (read back, not trusted from the writer).
     last_step, last_avg = tags["eval/avg"][-1]
     assert last_avg == pytest.approx(results["final"]["avg"], rel=1e-6)
+    # Every evaluation (steps 15 and 30) is in the log too, × 100 as TensorBoard's values say.
+    for step, avg in tags["eval/avg"]:
+        [line] = [l for l in printed.splitlines() if l.startswith(f"eval step {step}/30 | ")]
+        accuracy = dict(tags["eval/rte/accuracy"])[step]
+        assert f"| rte/accuracy {100 * accuracy:.2f} |" in line and f"| avg {100 * avg:.2f} |" in line, line
+        assert re.search(r"\| best avg [0-9.]+ at step (15|30)$", line), line
+    assert [s for s, _ in tags["eval/avg"]] == [15, 30]
     for name in ("config.yaml", "run_info.json"):
         assert (out / name).is_file()
     info = json.loads((out / "run_info.json").read_text())

@@ -35,6 +35,15 @@ def progress_line(step: int, total: int, loss: Optional[float], examples_per_s: 
             f"{examples_per_s:.1f} examples/s | elapsed {duration(elapsed)} | eta {duration(eta)}")
 
 
+def evaluation_line(step: int, total: int, results: dict[str, float], best_avg: float, best_step: int) -> str:
+    """`eval step 400/800 | rte/accuracy 59.57 | stsb/pearson 85.94 | avg 72.76 | best avg 72.76 at step 400`:
+    every evaluation's dev scores (× 100, as the final table shows them) in the log as well as in
+    TensorBoard, so a log piped to a file shows them as they come."""
+    scores = " | ".join(f"{key} {100 * value:.2f}" for key, value in results.items() if key != "avg")
+    return (f"eval step {step}/{total} | {scores} | avg {100 * results['avg']:.2f} | "
+            f"best avg {100 * best_avg:.2f} at step {best_step}")
+
+
 def task_bests_summary(best_per_task: dict[str, dict]) -> str:
     """Each task's best step and score by its own dev metrics (`--checkpoint best:<task>` loads it)."""
     rows = [["task", "metric", "best", "at step"]]

@@ -32,7 +32,7 @@ from mtsmart.support.io import atomic_write_json, check_writable_dir
 from mtsmart.components.logger import MetricLogger, ScalarMeter
 from mtsmart.model.multitask import unwrap
 from mtsmart.support.precision import resolve_precision
-from mtsmart.components.progress import progress_line
+from mtsmart.components.progress import evaluation_line, progress_line
 from mtsmart.components.run_info import run_info, seed_everything
 from mtsmart.arithmetic.metrics import glue_average
 from mtsmart.components.sampler import TaskSampler
@@ -390,6 +390,10 @@ class Trainer:
             if is_last or (cfg.eval.every_steps > 0 and self.state.step % cfg.eval.every_steps == 0):
                 final = self.run_evaluation()
                 progress.set_postfix(avg=f"{final['avg']:.4f}")
+                if self.world.is_main:  # tqdm.write keeps a terminal's bar intact
+                    progress.write(evaluation_line(self.state.step, self.total_steps, final,
+                                                   self.state.best_avg, self.state.best_step))
+                    sys.stdout.flush()  # a log piped to a file shows the scores now, not at exit
             stopping = self.state.step == cfg.train.stop_after_steps
             if is_last or stopping or (cfg.train.save_every_steps > 0 and self.state.step % cfg.train.save_every_steps == 0):
                 self.save_checkpoint()
