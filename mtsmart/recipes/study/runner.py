@@ -178,6 +178,8 @@ class Queue:
     def _hand_out(self, job: Job, fits: Callable[[Job], bool]) -> Optional[Job]:
         """The job if it can start now; its source run if that must be trained again first (its
         weights are gone); None if it waits (for its source run, or for time)."""
+        if job.folder(self.study.runs_dir) in self.reruns:
+            return None  # being trained again: handed out already
         if job.variant in self.study.init_from:
             source = stages.source_job(self.study, job.variant, job.seed)
             if source is None or not is_done(source, self.study):
