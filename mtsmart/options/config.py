@@ -18,6 +18,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from mtsmart.support.yaml_files import DuplicateKeyError, load_yaml
 from mtsmart.options.regularisers import (
     AdversarialConfig, FGMConfig, FGSMConfig, FreeLBConfig, GradientPenaltyConfig, PGDConfig, R3FConfig, RDropConfig,
     method_options_classes,
@@ -337,7 +338,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = load_yaml(raw) if raw != "" else ""
+    except DuplicateKeyError as error:
+        raise ConfigError(f"override {text!r}: {error}") from None
     except yaml.YAMLError:
         value = raw
     # YAML 1.1 reads 3e-5 as a string (it wants 3.0e-5): accept the usual float spellings.
@@ -368,7 +371,7 @@ def load_config(path: Optional[str | Path] = None, overrides: list[str] = (), wr
             raise ConfigError(f"config file not found: {path}")
         with open(path, encoding="utf-8") as handle:
             try:
-                data = yaml.safe_load(handle) or {}
+                data = load_yaml(handle) or {}
             except yaml.YAMLError as error:
                 raise ConfigError(f"{path}: not valid YAML: {error}") from None
         if not isinstance(data, dict):

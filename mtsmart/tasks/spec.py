@@ -23,6 +23,7 @@ from typing import Any, Optional
 
 import yaml
 
+from mtsmart.support.yaml_files import load_yaml
 from mtsmart.tasks.types import TASK_TYPES
 
 KNOWN_METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman", "acc_at_1", "mrr")
@@ -148,7 +149,7 @@ def load_task_spec(name_or_path: str, tasks_dir: Path | str = DEFAULT_TASKS_DIR)
         raise TaskSpecError(f"unknown task {name_or_path!r}: no file {path}; known tasks: {known}")
     with open(path, encoding="utf-8") as handle:
         try:
-            raw = yaml.safe_load(handle)
+            raw = load_yaml(handle)
         except yaml.YAMLError as error:
             raise _fail(path, f"not valid YAML: {error}") from None
     spec = parse_task_spec(raw, path)

@@ -32,6 +32,7 @@ from typing import Any, Optional
 
 import yaml
 
+from mtsmart.support.yaml_files import load_yaml
 from mtsmart.options.config import ConfigError, apply_override, config_from_dict
 
 DEFAULT_POINT = "default"  # the folder of a variant without a grid
@@ -175,7 +176,7 @@ def load_study(path: str | Path) -> Study:
     if not path.is_file():
         raise StudyError(f"study file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         raise StudyError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(data, dict):
