@@ -156,6 +156,31 @@ class EvalConfig:
         check_range("eval", self, {"every_steps": (">=", 0), "batch_size": (">=", 1), "max_examples": (">=", 0)})
 
 
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # mtsmart/
+CHECKOUT_DIR = PACKAGE_DIR.parent
+# A checkout's own folders: a run written into one overwrites the project's files (a task file, a test).
+SOURCE_FOLDERS = ("mtsmart", "tasks", "scripts", "tests", "docs", "examples", ".git")
+
+
+def check_output_dir(value: str) -> None:
+    """Refuse an output_dir that would write a run over other things: empty (`output_dir=$OUT` with OUT
+    unset), the current folder, the checkout itself, or a folder inside its source tree."""
+    if not value.strip():
+        raise ValueError("output_dir: empty; give the run's own folder, e.g. output_dir=runs/my_run")
+    path = Path(value).expanduser().resolve()
+    if path == Path.cwd().resolve():
+        raise ValueError(f"output_dir: {value!r} is the current folder; give the run a folder of its own, e.g. runs/my_run")
+    protected = [PACKAGE_DIR]
+    if (CHECKOUT_DIR / "pyproject.toml").is_file():
+        protected += [CHECKOUT_DIR / name for name in SOURCE_FOLDERS]
+        if path == CHECKOUT_DIR:
+            raise ValueError(f"output_dir: {value!r} is the mtsmart checkout itself; use a folder such as runs/my_run")
+    for folder in protected:
+        if path == folder or folder in path.parents:
+            raise ValueError(f"output_dir: {value!r} is inside the source folder {folder}; "
+                             "a run there would overwrite the project's files (use runs/...)")
+
+
 @dataclass
 class Config:
     tasks: list[str] = field(default_factory=lambda: ["rte"])  # task names (tasks/<name>.yaml) or YAML paths
@@ -178,6 +203,7 @@ class Config:
     mix: MixConfig = field(default_factory=MixConfig)
 
     def __post_init__(self) -> None:
+        check_output_dir(self.output_dir)
         if not self.tasks:
             raise ValueError("tasks: give at least one task")
         repeated = sorted({name for name in self.tasks if self.tasks.count(name) > 1})
