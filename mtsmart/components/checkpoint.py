@@ -40,7 +40,7 @@ from safetensors.torch import load_file, save_file
 
 import mtsmart
 from mtsmart.options.config import Config, config_to_dict, renamed_to_current
-from mtsmart.support.io import atomic_write_json
+from mtsmart.support.io import atomic_write_json, give_default_mode
 
 FORMAT_VERSION = 2  # 2: per-rank RNG and adversary states
 # Keys allowed to differ between a checkpoint's config and the resuming run's.
@@ -165,6 +165,7 @@ def _write_files(tmp: Path, directory: Path, stateful: dict, cfg: Config, weight
     ranks = stateful["ranks"]  # [rank_state(...) of rank 0, rank 1, …]
     # safetensors refuses shared storage (tied weights): store contiguous copies.
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    give_default_mode(tmp / "model.safetensors")  # safetensors writes 0600
     if not weights_only:
         torch.save(
             {

@@ -11,6 +11,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def give_default_mode(path: Path | str) -> None:
+    """The mode a new file gets from open() under the user's umask; for writers that create 0600
+    files (mkstemp, safetensors), so a colleague on a shared machine can read a run."""
+    os.chmod(path, 0o666 & ~current_umask())
+
+
 def atomic_write(path: Path | str, write: Callable[[Path], None]) -> None:
     """Call `write(tmp_path)`, then atomically move tmp_path to `path`."""
     path = Path(path)
@@ -20,6 +33,8 @@ def atomic_write(path: Path | str, write: Callable[[Path], None]) -> None:
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
+        # mkstemp creates 0600: the file gets the mode any tool's output has under the user's umask.
+        give_default_mode(tmp_path)
         with open(tmp_path, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp_path, path)

@@ -32,6 +32,7 @@ from mtsmart.recipes.commands.common import add_force_argument, add_run_argument
 from mtsmart.components.run_dir import LoadedRun, RunDirError
 from mtsmart.tasks.types import task_type_of
 from mtsmart.tasks.spec import TaskSpec
+from mtsmart.support.io import give_default_mode
 
 # |s · h| stays below this, so that tanh(s · h) == s · h in float32 (see the module docstring).
 POOLER_INPUT_LIMIT = 2.0**-13
@@ -148,6 +149,7 @@ def export_all(loaded: LoadedRun, out: Path) -> None:
         proj = loaded.model.heads[task].proj
         save_file({"weight": proj.weight.detach().cpu().contiguous(), "bias": proj.bias.detach().cpu().contiguous()},
                   str(out / "heads" / f"{task}.safetensors"))
+        give_default_mode(out / "heads" / f"{task}.safetensors")  # safetensors writes 0600
         shutil.copyfile(spec.source_file, out / "tasks" / f"{task}.yaml")
 
 
