@@ -131,6 +131,7 @@ class TrainConfig:
     max_nonfinite_in_row: int = 10  # stop after this many skipped steps in a row
     task_gradients_every: int = 0  # every this many steps, log each task's encoder-gradient norm and its cosine with every task's recent gradient (docs/tensorboard.md; 0 = off)
     record_step_times: bool = False  # write step_times.tsv: each optimizer step's examples, padded tokens and end time, wall and CPU (benchmarks; mtsmart/components/step_times.py)
+    threads: int = 0  # intra-op CPU threads of this process; 0 = OMP_NUM_THREADS if set, else the cores not busy at start (cores − the load average, at least 1; mtsmart/support/threads.py)
     keep_freed_memory: bool = True  # glibc/Linux: malloc keeps memory freed between steps instead of re-faulting it (CPU speed; mtsmart/support/allocator.py)
 
     def __post_init__(self) -> None:
@@ -139,6 +140,7 @@ class TrainConfig:
             "adam_eps": (">", 0), "max_steps": (">=", 0), "warmup_ratio": ("in [0, 1)", None),
             "grad_clip": (">=", 0), "seed": (">=", 0), "log_every_steps": (">=", 1), "save_every_steps": (">=", 0), "task_gradients_every": (">=", 0),
             "keep_checkpoints": (">=", 1), "stop_after_steps": (">=", 0), "max_nonfinite_in_row": (">=", 1),
+            "threads": (">=", 0),
         })
         if self.max_steps == 0:  # epochs decide the length only without max_steps
             check_range("train", self, {"epochs": (">", 0)})

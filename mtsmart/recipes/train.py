@@ -32,6 +32,7 @@ from mtsmart.support.io import atomic_write_json, check_writable_dir
 from mtsmart.components.logger import MetricLogger, ScalarMeter
 from mtsmart.model.multitask import unwrap
 from mtsmart.support.precision import resolve_precision
+from mtsmart.support.threads import choose_threads
 from mtsmart.components.progress import evaluation_line, progress_line
 from mtsmart.components.run_info import run_info, seed_everything
 from mtsmart.arithmetic.metrics import glue_average
@@ -84,8 +85,11 @@ class Trainer:
         self.world, self.device = distributed.setup()
         # Resolved before anything is compared or written: config.yaml records what ran.
         cfg.train.precision, why = resolve_precision(cfg.train.precision, self.device)
+        threads, threads_why = choose_threads(cfg.train.threads)
+        torch.set_num_threads(threads)
         if self.world.is_main:
             print(f"precision: {cfg.train.precision} ({why})", flush=True)
+            print(f"threads: {threads} ({threads_why})", flush=True)
         validate(cfg, self.world.world_size)
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
