@@ -223,3 +223,22 @@ def test_kill_9_in_a_best_only_run_then_resume_auto(tmp_path, data_root, train_t
     train_tiny(out, *best_only, "train.resume=auto")
     final = json.loads((out / "results.json").read_text())["final"]
     assert final == json.loads((reference / "results.json").read_text())["final"]
+
+
+def test_a_checkpoint_from_a_newer_mtsmart_is_refused_never_set_aside(straight, tmp_path, capsys):
+    """format_version above this mtsmart's: resume stops in one line; the checkpoint, intact, stays
+    where it is (it used to be renamed corrupt-* and the run retrained from an older one)."""
+    out = interrupted_copy(straight, tmp_path)
+    newest = out / "checkpoints" / "step_00000006"
+    state = json.loads((newest / "state.json").read_text())
+    state["format_version"] = ckpt.FORMAT_VERSION + 1
+    (newest / "state.json").write_text(json.dumps(state))
+    checksums = json.loads((newest / ckpt.CHECKSUMS).read_text())
+    checksums["state.json"] = ckpt._sha256(newest / "state.json")  # as a newer mtsmart would have written it
+    (newest / ckpt.CHECKSUMS).write_text(json.dumps(checksums))
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert main(["train", *TINY_TRAIN_ARGS, f"output_dir={out}", *RUN, "train.resume=auto"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "written by a newer mtsmart" in err and "update mtsmart" in err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before  # nothing renamed or removed
+    assert not (out / "results.json").exists()

@@ -56,6 +56,11 @@ class CheckpointError(ValueError):
     pass
 
 
+class NewerCheckpointError(CheckpointError):
+    """A checkpoint written by a newer mtsmart: intact, only unreadable here. It is never set aside
+    as corrupt; the run stops with this line until mtsmart is updated."""
+
+
 CHECKSUMS = "checksums.json"
 CHECKED_FILES = ("model.safetensors", "tensors.pt", "state.json")
 TASK_BESTS = "best_per_task"  # checkpoints/best_per_task/step_N: each task's best weights, one copy per step
@@ -262,7 +267,13 @@ def read_state(directory: Path) -> dict:
         raise CheckpointError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
-    if state.get("format_version") != FORMAT_VERSION:
+    version = state.get("format_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise NewerCheckpointError(
+            f"{directory}: checkpoint format {version} was written by a newer mtsmart ({state.get('mtsmart_version')}); "
+            f"this mtsmart {mtsmart.__version__} reads format {FORMAT_VERSION}: update mtsmart to continue it (nothing was changed)"
+        )
+    if version != FORMAT_VERSION:
         raise CheckpointError(
             f"{directory}: checkpoint format {state.get('format_version')} (mtsmart {state.get('mtsmart_version')}), "
             f"this mtsmart {mtsmart.__version__} reads format {FORMAT_VERSION}"
@@ -376,6 +387,8 @@ def resume_directory(out: Path, cfg: Config) -> tuple[Path | None, list[str]]:
         try:
             verify(directory)
             read_state(directory)
+        except NewerCheckpointError:
+            raise  # intact, from a newer mtsmart: neither set aside nor skipped for an older checkpoint
         except CheckpointError as error:
             aside = directory.parent / f"corrupt-{directory.name}"
             shutil.rmtree(aside, ignore_errors=True)
