@@ -41,3 +41,4 @@ def test_the_cli_refuses_an_empty_output_dir_in_one_line_and_writes_nothing(tmp_
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "output_dir: empty" in err
     assert list(tmp_path.iterdir()) == []
+

@@ -51,3 +51,29 @@ def test_bad_task_file(tmp_path, content, message):
 def test_unknown_task_lists_known_ones():
     with pytest.raises(TaskSpecError, match="known tasks"):
         load_task_spec("nosuchtask")
+
+
+@pytest.mark.parametrize("metrics,words", [
+    ("[]", "give at least one metric"),
+    ("[pearson]", "'pearson' cannot score a classification task"),
+    ("[accuracy, mrr]", "'mrr' cannot score a classification task"),
+])
+def test_metrics_that_cannot_score_the_task_are_refused_before_training(tmp_path, metrics, words):
+    path = tmp_path / "toy.yaml"
+    path.write_text(f"name: toy\ntype: classification\nlabels: [a, b]\nmetrics: {metrics}\n")
+    with pytest.raises(TaskSpecError, match=words):
+        load_task_spec(str(path))
+
+
+def test_f1_needs_two_labels(tmp_path):
+    path = tmp_path / "toy.yaml"
+    path.write_text("name: toy\ntype: classification\nlabels: [a, b, c]\nmetrics: [accuracy, f1]\n")
+    with pytest.raises(TaskSpecError, match="f1 is the binary F1"):
+        load_task_spec(str(path))
+
+
+def test_a_regression_task_scored_by_accuracy_is_refused(tmp_path):
+    path = tmp_path / "toy.yaml"
+    path.write_text("name: toy\ntype: regression\nmetrics: [accuracy]\n")
+    with pytest.raises(TaskSpecError, match="'accuracy' cannot score a regression task"):
+        load_task_spec(str(path))

@@ -20,7 +20,7 @@ from transformers import AutoConfig, AutoModel
 
 from mtsmart.components import distributed
 from mtsmart.regularisers.bregman import BregmanProximal
-from mtsmart.options.config import Config
+from mtsmart.options.config import Config, ConfigError
 from mtsmart.options.mix import MixConfig
 from mtsmart.data.encoding import encode_split
 from mtsmart.data.loader import TaskLoader, eval_batches, subsample
@@ -206,8 +206,25 @@ def build_untrained_encoder(cfg: Config, vocab_size: int) -> nn.Module:
 
 
 def build_model(cfg: Config, specs: dict[str, TaskSpec], tokenizer, device: torch.device) -> MultiTaskModel:
-    """The encoder and one head per task, on `device` (heads drawn from the global RNG)."""
-    return MultiTaskModel(build_encoder(cfg, len(tokenizer)), specs).to(device)
+    """The encoder and one head per task, on `device` (heads drawn from the global RNG); refuses a
+    data.max_seq_len beyond the encoder's positions before anything trains."""
+    encoder = build_encoder(cfg, len(tokenizer))
+    positions = usable_positions(encoder.config)
+    if positions is not None and cfg.data.max_seq_len > positions:
+        raise ConfigError(f"data.max_seq_len: {cfg.data.max_seq_len} is beyond the {positions} positions of "
+                          f"encoder {cfg.model.name_or_path!r}; give at most {positions}")
+    return MultiTaskModel(encoder, specs).to(device)
+
+
+def usable_positions(config) -> int | None:
+    """How many tokens an encoder with absolute positions can read (None: no such limit). RoBERTa-style
+    encoders number positions from pad_token_id + 1, so two of their rows are never used."""
+    total = getattr(config, "max_position_embeddings", None)
+    if total is None or not getattr(config, "position_biased_input", True):
+        return None  # DeBERTa with relative positions only
+    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert", "longformer"):
+        return total - (getattr(config, "pad_token_id", 1) or 0) - 1
+    return total
 
 
 # --------------------------------------------------------------------------- optimisation

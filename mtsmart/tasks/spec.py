@@ -27,6 +27,9 @@ from mtsmart.support.yaml_files import load_yaml
 from mtsmart.tasks.types import TASK_TYPES
 
 KNOWN_METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman", "acc_at_1", "mrr")
+# What each task type's predictions can be scored by (mtsmart.arithmetic.metrics): refused in the task file otherwise.
+METRICS_OF_TYPE = {"classification": ("accuracy", "f1", "mcc"), "regression": ("pearson", "spearman"),
+                   "ranking": ("acc_at_1", "mrr")}
 
 # tasks/ beside the package: the task files of an editable install or a source checkout.
 DEFAULT_TASKS_DIR = Path(__file__).resolve().parents[2] / "tasks"  # the checkout's tasks/, beside mtsmart/
@@ -92,16 +95,22 @@ def parse_task_spec(raw: dict[str, Any], path: Path) -> TaskSpec:
     task_type = raw["type"]
     if task_type not in TASK_TYPES:
         raise _fail(path, f"key 'type': {task_type!r} is not one of {tuple(TASK_TYPES)}")
-    metrics = tuple(raw["metrics"])
+    metrics = tuple(raw["metrics"] or ())
+    if not metrics:
+        raise _fail(path, "key 'metrics': give at least one metric (the run is scored by them)")
     for metric in metrics:
         if metric not in KNOWN_METRICS:
             raise _fail(path, f"key 'metrics': unknown metric {metric!r}; known: {KNOWN_METRICS}")
+        if metric not in METRICS_OF_TYPE[task_type]:
+            raise _fail(path, f"key 'metrics': {metric!r} cannot score a {task_type} task; use one of {METRICS_OF_TYPE[task_type]}")
     raw_labels = raw.get("labels", ())
     for label in raw_labels:
         # YAML reads unquoted no/yes/true/1 as booleans or numbers: the data then never matches.
         if not isinstance(label, str):
             raise _fail(path, f"key 'labels': {label!r} is not a string; quote labels in YAML, e.g. [\"0\", \"1\"]")
     labels = tuple(raw_labels)
+    if "f1" in metrics and len(labels) != 2:
+        raise _fail(path, f"key 'metrics': f1 is the binary F1 of the second label; this task has {len(labels)} labels")
     positive = raw.get("positive_label")
     problem = TASK_TYPES[task_type].check_labels(labels, positive)
     if problem:
