@@ -10,13 +10,15 @@ from mtsmart.components.checkpoint import CheckpointError
 from mtsmart.options.config import ConfigError, load_config
 from mtsmart.data.readers import DataError
 from mtsmart.support.io import OutputDirError
+from mtsmart.support.run_lock import FolderInUseError
 from mtsmart.model.multitask import ModelSourceError
 from mtsmart.components.progress import final_summary, task_bests_summary
 from mtsmart.components.run_dir import RunDirError
 from mtsmart.recipes.study.spec import StudyError
 from mtsmart.tasks.spec import TaskSpecError
 
-USER_ERRORS = (CheckpointError, DataError, TaskSpecError, RunDirError, StudyError, ModelSourceError, OutputDirError, FloatingPointError)
+USER_ERRORS = (CheckpointError, DataError, TaskSpecError, RunDirError, StudyError, ModelSourceError, OutputDirError,
+               FolderInUseError, FloatingPointError)
 
 
 def split_config_and_overrides(args: list[str]) -> tuple[Optional[str], list[str]]:

@@ -12,7 +12,9 @@ alone logs and writes files.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,6 +34,7 @@ from mtsmart.support.io import atomic_write_json, check_writable_dir
 from mtsmart.components.logger import MetricLogger, ScalarMeter
 from mtsmart.model.multitask import unwrap
 from mtsmart.support.precision import resolve_precision
+from mtsmart.support.run_lock import FolderLock
 from mtsmart.support.threads import choose_threads
 from mtsmart.components.progress import evaluation_line, progress_line
 from mtsmart.components.run_info import run_info, seed_everything
@@ -417,7 +420,16 @@ class Trainer:
 
 
 def train(cfg: Config, command_line: Optional[list[str]] = None) -> dict:
+    """A run, with its output_dir locked by the main process for its whole length (one writer per
+    run folder: a second process meets the lock and stops with one line; support/run_lock.py)."""
+    out = Path(cfg.output_dir)
+    main_process = os.environ.get("RANK", "0") == "0"
+    lock = contextlib.nullcontext()
+    if main_process:
+        check_writable_dir(out)  # a file, or nowhere to write: said before the lock makes the folder
+        lock = FolderLock(out, "output_dir")
     try:
-        return Trainer(cfg, command_line).fit()
+        with lock:
+            return Trainer(cfg, command_line).fit()
     finally:
         distributed.teardown()

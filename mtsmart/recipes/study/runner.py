@@ -10,8 +10,11 @@ continued later or elsewhere.
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
+import signal
 import shutil
 import subprocess
 import sys
@@ -26,6 +29,7 @@ from mtsmart.recipes.study import stages
 from mtsmart.recipes.study.results import RESULTS, ROBUSTNESS, chosen_point, is_done, is_finished
 from mtsmart.recipes.study.run_times import Cell, fit_run_times, hours_to_go
 from mtsmart.recipes.study.spec import Job, Study
+from mtsmart.support.run_lock import FolderLock
 
 RUN_CONFIG = "study_config.yaml"  # the run's config as the study built it (mtsmart train reads it)
 RUN_RECORD = "study_run.json"  # wall time and exit status, summed over resumed attempts
@@ -34,6 +38,7 @@ CHECKPOINTS = stages.CHECKPOINTS
 # left: 154 of smart_parts' first 155 runs took at most 1.5x the fit's time, 29 over 1.25x
 # (other jobs on the machine, robustness measurements; docs/study.md).
 TIME_MARGIN = 1.5
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 @dataclass
@@ -61,6 +66,16 @@ def thread_env(threads: int) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
+def stop_with_the_runner() -> None:
+    """In a child before it runs (Linux): SIGTERM it when the runner dies, even by kill -9, so no
+    orphaned run keeps writing into a folder a restarted runner hands out again."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: an orphan still meets the run folder's lock
+
+
 def launch(job: Job, runs_dir: Path, threads: int, robustness: Optional[tuple[str, ...]] = None) -> Running:
     """Starts a run. A finished run handed out again is a source run whose weights are gone: it is
     trained again beside its set-aside files (mtsmart.recipes.study.stages)."""
@@ -80,7 +95,8 @@ def launch(job: Job, runs_dir: Path, threads: int, robustness: Optional[tuple[st
         command.append("train.resume=auto")
     log = open(folder / "train.log", "a", encoding="utf-8")
     log_start = log.tell()
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=thread_env(threads))
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=thread_env(threads),
+                               preexec_fn=stop_with_the_runner)
     return Running(job, process, time.monotonic(), log, threads, robustness, log_start)
 
 
@@ -89,7 +105,8 @@ def launch_robustness(trained: Running, runs_dir: Path) -> Running:
     its last checkpoint (output appended to train.log; the attempt's clock keeps running)."""
     folder = trained.job.folder(runs_dir)
     command = [sys.executable, "-m", "mtsmart", "robustness", "--run", str(folder), *trained.robustness]
-    process = subprocess.Popen(command, stdout=trained.log, stderr=subprocess.STDOUT, env=thread_env(trained.threads))
+    process = subprocess.Popen(command, stdout=trained.log, stderr=subprocess.STDOUT, env=thread_env(trained.threads),
+                               preexec_fn=stop_with_the_runner)
     return Running(trained.job, process, trained.started, trained.log, trained.threads, trained.robustness,
                    trained.log_start, "robustness")
 
@@ -245,6 +262,14 @@ def run_study(
     `hours`, it starts only runs expected to end within that many hours (TimeBudget) and ends
     when none is left that fits; a run killed at a machine's time limit would lose its work
     since its last checkpoint."""
+    with contextlib.ExitStack() as locks:  # one runner per setting: a second one stops in one line
+        for setting in sorted(settings if settings is not None else study.settings):
+            locks.enter_context(FolderLock(study.runs_dir / setting, f"study {study.name}'s setting folder"))
+        return _run_queue(study, workers, threads, settings, stop_after_failures, poll_seconds, hours)
+
+
+def _run_queue(study: Study, workers: int, threads: int, settings: Optional[list[str]], stop_after_failures: int,
+               poll_seconds: float, hours: Optional[float]) -> Outcome:
     queue, running, failed = Queue(study, settings), [], []
     budget = None if hours is None else TimeBudget(study, hours)
     fits = (lambda job: True) if budget is None else budget.fits
