@@ -242,3 +242,22 @@ def test_a_checkpoint_from_a_newer_mtsmart_is_refused_never_set_aside(straight, 
     assert err.count("\n") == 1 and "written by a newer mtsmart" in err and "update mtsmart" in err
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before  # nothing renamed or removed
     assert not (out / "results.json").exists()
+
+
+def test_a_task_file_edited_between_stop_and_resume_is_refused(straight, tmp_path, data_root, capsys):
+    """Two labels swapped in the task file after the stop: results.json would have said 0.5625 where
+    `mtsmart evaluate` of the same checkpoint says 0.4375. Refused naming the task file."""
+    tasks = tmp_path / "tasks"
+    shutil.copytree(Path(ckpt.DEFAULT_TASKS_DIR), tasks)
+    common = (*TINY_TRAIN_ARGS, f"data.root={data_root}", f"tasks_dir={tasks}", *RUN)
+    out = tmp_path / "run"
+    assert main(["train", *common, f"output_dir={out}", "train.stop_after_steps=4"]) == 0
+    text = (tasks / "rte.yaml").read_text()
+    (tasks / "rte.yaml").write_text(text.replace("[entailment, not_entailment]", "[not_entailment, entailment]"))
+    assert text != (tasks / "rte.yaml").read_text()
+    capsys.readouterr()
+    assert main(["train", *common, f"output_dir={out}", "train.resume=auto"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the task file of rte" in err and "changed since the checkpoint" in err
+    (tasks / "rte.yaml").write_text(text)  # restored: the run continues
+    assert main(["train", *common, f"output_dir={out}", "train.resume=auto"]) == 0

@@ -41,6 +41,7 @@ from safetensors.torch import load_file, save_file
 import mtsmart
 from mtsmart.options.config import Config, config_to_dict, renamed_to_current
 from mtsmart.support.io import atomic_write_json, give_default_mode
+from mtsmart.tasks.spec import DEFAULT_TASKS_DIR, task_file
 
 FORMAT_VERSION = 2  # 2: per-rank RNG and adversary states
 # Keys allowed to differ between a checkpoint's config and the resuming run's.
@@ -191,6 +192,7 @@ def _write_files(tmp: Path, directory: Path, stateful: dict, cfg: Config, weight
         "loaders": {name: loader.state_dict() for name, loader in stateful["loaders"].items()},
         "world_size": len(ranks),
         "rng": [r["rng_json"] for r in ranks],
+        "task_files": task_file_hashes(cfg),
     }
     atomic_write_json(tmp / "state.json", state)
     atomic_write_json(tmp / CHECKSUMS, {name: _sha256(tmp / name) for name in CHECKED_FILES if (tmp / name).exists()})
@@ -326,6 +328,18 @@ def _read_tensors(directory: Path) -> dict:
         raise CheckpointError(f"{path}: cannot read the checkpoint state ({type(error).__name__}: {error})") from None
 
 
+def task_file_hashes(cfg: Config, with_paths: bool = False) -> dict:
+    """{task: sha256 of its task file} (or {task: (path, sha256)}), for the files that exist."""
+    tasks_dir = Path(cfg.tasks_dir) if cfg.tasks_dir else DEFAULT_TASKS_DIR
+    found = {}
+    for name in cfg.tasks:
+        path = task_file(name, tasks_dir)
+        if path.is_file():
+            digest = _sha256(path)
+            found[Path(name).stem] = (path, digest) if with_paths else digest
+    return found
+
+
 def check_compatible(directory: Path, cfg: Config, world_size: int) -> dict:
     """Refuse a checkpoint of another format, model, config or world size; its state.json.
 
@@ -340,6 +354,13 @@ def check_compatible(directory: Path, cfg: Config, world_size: int) -> dict:
         raise CheckpointError(
             f"{directory}: config differs from the checkpoint's in {differences}; "
             "use the same config or set train.resume_force=true"
+        )
+    changed = [f"{task} ({path})" for task, (path, digest) in task_file_hashes(cfg, with_paths=True).items()
+               if task in state.get("task_files", {}) and state["task_files"][task] != digest]
+    if changed and not cfg.train.resume_force:  # checkpoints before task_files was recorded are not checked
+        raise CheckpointError(
+            f"{directory}: the task file of {', '.join(changed)} changed since the checkpoint was written "
+            "(labels, columns or splits may differ); restore it, or set train.resume_force=true"
         )
     if state["world_size"] != world_size:
         raise CheckpointError(

@@ -149,10 +149,16 @@ def parse_task_spec(raw: dict[str, Any], path: Path) -> TaskSpec:
     )
 
 
+def task_file(name_or_path: str, tasks_dir: Path | str = DEFAULT_TASKS_DIR) -> Path:
+    """The file a task name (`tasks_dir/<name>.yaml`) or a YAML path stands for."""
+    candidate = Path(name_or_path)
+    return candidate if candidate.suffix in (".yaml", ".yml") else Path(tasks_dir) / f"{name_or_path}.yaml"
+
+
 def load_task_spec(name_or_path: str, tasks_dir: Path | str = DEFAULT_TASKS_DIR) -> TaskSpec:
     """A task by name (`tasks_dir/<name>.yaml`) or by the path of a YAML file."""
     candidate = Path(name_or_path)
-    path = candidate if candidate.suffix in (".yaml", ".yml") else Path(tasks_dir) / f"{name_or_path}.yaml"
+    path = task_file(name_or_path, tasks_dir)
     if not path.is_file():
         known = sorted(p.stem for p in Path(tasks_dir).glob("*.yaml"))
         raise TaskSpecError(f"unknown task {name_or_path!r}: no file {path}; known tasks: {known}")
