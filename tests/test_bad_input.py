@@ -18,6 +18,7 @@ import pytest
 
 from mtsmart.components import checkpoint as ckpt
 from mtsmart.cli import main
+from mtsmart.support.run_lock import LOCK_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,10 +67,11 @@ def run_cli(args: list[str], capsys) -> tuple[int, str]:
 
 
 def snapshot(folder: Path) -> dict[str, str]:
-    """sha256 of every file under `folder` (TensorBoard event files excluded: a run may add its own)."""
+    """sha256 of every file under `folder` (TensorBoard event files excluded: a run may add its own;
+    and the run-folder lock, which each attempt takes and stamps with its pid)."""
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*")) if p.is_file() and "tb" not in p.parts
+        for p in sorted(folder.rglob("*")) if p.is_file() and "tb" not in p.parts and p.name != LOCK_FILE
     }
 
 

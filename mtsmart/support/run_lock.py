@@ -30,8 +30,10 @@ class FolderLock:
         self.path = Path(folder) / LOCK_FILE
         self.what = what
         self.fd: Optional[int] = None
+        self.created = False
 
     def acquire(self) -> "FolderLock":
+        self.created = not self.path.parent.exists()  # a run refused before writing leaves no folder behind
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -48,10 +50,14 @@ class FolderLock:
         return self
 
     def release(self) -> None:
-        if self.fd is not None:
-            fcntl.lockf(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
+        if self.fd is None:
+            return
+        if self.created and [p.name for p in self.path.parent.iterdir()] == [LOCK_FILE]:
+            self.path.unlink()  # still locked: no other process can be using the folder
+            self.path.parent.rmdir()
+        fcntl.lockf(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None
 
     def __enter__(self) -> "FolderLock":
         return self.acquire()
