@@ -161,6 +161,23 @@ def _write(directory: Path, stateful: dict, cfg: Config, weights_only: bool = Fa
         raise CheckpointError(f"writing checkpoint {directory} failed: {error.strerror or error} "
                               f"({error.filename or tmp}); its partial files were removed and the "
                               "checkpoints already written are kept") from None
+    except (RuntimeError, SafetensorError) as error:
+        # torch.save and safetensors report a full disk as their own errors ("unexpected pos ...").
+        shutil.rmtree(tmp, ignore_errors=True)
+        needed = _checkpoint_bytes(stateful["model"], weights_only)
+        free = shutil.disk_usage(directory.parent).free
+        if free >= needed:
+            raise  # not a full disk: a real error, with its traceback
+        raise CheckpointError(f"writing checkpoint {directory} failed: the disk is full ({free / 2**20:.1f} MiB free "
+                              f"in {directory.parent}, about {needed / 2**20:.0f} MiB needed); its partial files were "
+                              "removed and the checkpoints already written are kept") from None
+
+
+def _checkpoint_bytes(model: torch.nn.Module, weights_only: bool) -> int:
+    """About what a checkpoint takes: the weights, and with the optimizer's two moments and the
+    teacher's copy, four times them."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return weights if weights_only else 4 * weights
 
 
 def _write_files(tmp: Path, directory: Path, stateful: dict, cfg: Config, weights_only: bool = False) -> None:
