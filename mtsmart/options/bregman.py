@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from mtsmart.options.fields import check_field_types
+
 # two_phase: β = early_beta for the first early_fraction of the updates, then `beta`. The paper's
 # 0.99 over 10% by default; the authors' code ran 0.9 over the warm-up, then 0.99 (docs/method.md "Two readings").
 SCHEDULES = ("two_phase", "constant")
@@ -24,6 +26,7 @@ class BregmanConfig:
     divergence: Literal["auto", "sym_kl", "kl", "stable_kl", "mse"] = "auto"  # ℓs of D_Breg; auto: by task type
 
     def __post_init__(self) -> None:
+        check_field_types("bregman", self)
         if not self.mu >= 0.0:
             raise ValueError(f"bregman.mu: {self.mu} must be >= 0")
         if not 0.0 <= self.beta < 1.0:

@@ -19,6 +19,7 @@ from typing import Any, Literal, Optional
 import yaml
 
 from mtsmart.support.yaml_files import DuplicateKeyError, load_yaml
+from mtsmart.options.fields import check_field_types
 from mtsmart.options.regularisers import (
     AdversarialConfig, FGMConfig, FGSMConfig, FreeLBConfig, GradientPenaltyConfig, PGDConfig, R3FConfig, RDropConfig,
     method_options_classes,
@@ -101,6 +102,7 @@ class ModelConfig:
     init_heads: Literal["new", "carry"] = "new"  # with init_from: fresh task heads, or the source's heads for the tasks it trained
 
     def __post_init__(self) -> None:
+        check_field_types("model", self)
         check_range("model", self, {"tiny_hidden_size": (">=", 1), "tiny_layers": (">=", 1), "tiny_heads": (">=", 1)})
         if self.init_heads == "carry" and not self.init_from:
             raise ValueError("model.init_heads=carry needs model.init_from (the run whose heads to carry)")
@@ -135,6 +137,7 @@ class TrainConfig:
     keep_freed_memory: bool = True  # glibc/Linux: malloc keeps memory freed between steps instead of re-faulting it (CPU speed; mtsmart/support/allocator.py)
 
     def __post_init__(self) -> None:
+        check_field_types("train", self)
         check_range("train", self, {
             "batch_size": (">=", 1), "grad_accum": (">=", 1), "lr": (">", 0), "weight_decay": (">=", 0),
             "adam_eps": (">", 0), "max_steps": (">=", 0), "warmup_ratio": ("in [0, 1)", None),
@@ -155,6 +158,7 @@ class EvalConfig:
     max_examples: int = 0  # evaluate on the first N examples of each dev set (0 = all)
 
     def __post_init__(self) -> None:
+        check_field_types("eval", self)
         check_range("eval", self, {"every_steps": (">=", 0), "batch_size": (">=", 1), "max_examples": (">=", 0)})
 
 

@@ -5,6 +5,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
+from mtsmart.options.fields import check_field_types
+
 
 def _default_root() -> str:
     # data.root defaults to $MTSMART_DATA so one export serves every command.
@@ -21,6 +23,7 @@ class DataConfig:
     group_by_length: bool = False  # batches of similar lengths (less padding), still shuffled
 
     def __post_init__(self) -> None:
+        check_field_types("data", self)
         if not 0.0 < self.train_fraction <= 1.0:
             raise ValueError(f"data.train_fraction: {self.train_fraction} must be in (0, 1]")
         if self.train_examples < 0:

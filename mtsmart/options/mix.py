@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from mtsmart.options.fields import check_field_types
+
 SAMPLING = ("proportional", "temperature", "uniform", "capped", "annealed")
 LOSS_SCALES = ("none", "log_classes")
 REGRESSION_TARGETS = ("raw", "score_range", "train_stats")
@@ -25,6 +27,7 @@ class MixConfig:
     regression_targets: Literal["raw", "score_range", "train_stats"] = "raw"  # the loss on (y − c)/s: c, s the midpoint and half-width of score_range, or the training labels' mean and std; predictions stay in the task's units
 
     def __post_init__(self) -> None:
+        check_field_types("mix", self)
         if self.sampling not in SAMPLING:
             raise ValueError(f"mix.sampling: {self.sampling!r} is not one of {SAMPLING}")
         if not (math.isfinite(self.temperature) and self.temperature > 0):

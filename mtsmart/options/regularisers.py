@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from mtsmart.options.fields import check_field_types
+
 METHODS = ("none", "smart", "fgsm", "fgm", "pgd", "freelb", "gradient_penalty", "r3f", "rdrop")
 SCOPES = ("example", "matrix")
 STARTS = ("zero", "normal", "uniform")
@@ -34,6 +36,7 @@ class AdversarialConfig:
     method: Literal["none", "smart", "fgsm", "fgm", "pgd", "freelb", "gradient_penalty", "r3f", "rdrop"] = "smart"
 
     def __post_init__(self) -> None:
+        check_field_types("adversarial", self)
         _check_choice("adversarial", "method", self.method, METHODS)
 
 
@@ -46,6 +49,7 @@ class FGSMConfig:
     scope: Literal["example", "matrix"] = "example"  # example: each x_i; matrix: the whole word-embedding matrix, as the seed articles do
 
     def __post_init__(self) -> None:
+        check_field_types("fgsm", self)
         _check("fgsm", "epsilon", self.epsilon, positive=True)
         _check("fgsm", "weight", self.weight)
         _check_choice("fgsm", "scope", self.scope, SCOPES)
@@ -61,6 +65,7 @@ class FGMConfig:
     scope: Literal["example", "matrix"] = "example"  # example: each x_i; matrix: the whole word-embedding matrix
 
     def __post_init__(self) -> None:
+        check_field_types("fgm", self)
         _check("fgm", "epsilon", self.epsilon, positive=True)
         _check("fgm", "weight", self.weight)
         _check_choice("fgm", "norm", self.norm, ("l2", "inf", "l1"))
@@ -80,6 +85,7 @@ class PGDConfig:
     scope: Literal["example", "matrix"] = "example"  # example: each x_i; matrix: the whole word-embedding matrix
 
     def __post_init__(self) -> None:
+        check_field_types("pgd", self)
         _check("pgd", "epsilon", self.epsilon, positive=True)
         _check("pgd", "step_size", self.step_size, positive=True)
         _check("pgd", "weight", self.weight)
@@ -102,6 +108,7 @@ class FreeLBConfig:
     init_scale: float = 1e-5  # std (normal) or half-width (uniform) of δ_0
 
     def __post_init__(self) -> None:
+        check_field_types("freelb", self)
         _check("freelb", "epsilon", self.epsilon, positive=True)
         _check("freelb", "step_size", self.step_size, positive=True)
         _check("freelb", "init_scale", self.init_scale)
@@ -119,6 +126,7 @@ class GradientPenaltyConfig:
     weight: float = 1.0  # multiplier of the penalty
 
     def __post_init__(self) -> None:
+        check_field_types("gradient_penalty", self)
         _check("gradient_penalty", "epsilon", self.epsilon, positive=True)
         _check("gradient_penalty", "weight", self.weight)
 
@@ -132,6 +140,7 @@ class R3FConfig:
     weight: float = 1.0  # λ
 
     def __post_init__(self) -> None:
+        check_field_types("r3f", self)
         _check_choice("r3f", "init", self.init, ("normal", "uniform"))
         _check("r3f", "init_scale", self.init_scale, positive=True)  # r = 0 would make the term identically zero
         _check("r3f", "weight", self.weight)
@@ -144,6 +153,7 @@ class RDropConfig:
     alpha: float = 1.0  # α
 
     def __post_init__(self) -> None:
+        check_field_types("rdrop", self)
         _check("rdrop", "alpha", self.alpha)
 
 

@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass
 from typing import Iterable, Literal
 
+from mtsmart.options.fields import check_field_types
+
 
 # The arithmetic's names (mtsmart.arithmetic.divergence, mtsmart.arithmetic.perturbation; tests/test_architecture.py
 # checks they agree), kept here so that options import nothing above them.
@@ -50,6 +52,7 @@ class SmartConfig:
     outer_gradient: Literal["paper", "release"] = "paper"  # paper: x̃ = x + δ in the graph, ℓs differentiated on both sides; release: x̃ detached, ℓs's gradient as the released criterion
 
     def __post_init__(self) -> None:
+        check_field_types("smart", self)
         for key in ("weight", "step_size", "init_scale", "epsilon", "guard"):
             value = getattr(self, key)
             if not (math.isfinite(value) and value >= 0):
