@@ -15,15 +15,10 @@ from mtsmart.recipes.study.report import markdown
 from mtsmart.recipes.study.results import metrics_by_seed
 from mtsmart.recipes.study.runner import Queue, drop_finished_checkpoints
 from mtsmart.recipes.study.spec import Job, StudyError, load_study
+from test_study import TINY_BASE as STUDY_TINY_BASE
 
-TINY_BASE = {
-    "model": {"name_or_path": "tiny", "tiny_hidden_size": 32},
-    "data": {"max_seq_len": 48, "train_examples": 48},
-    "train": {"batch_size": 8, "lr": 1.0e-3, "max_steps": 3, "save_every_steps": 3},
-    "eval": {"max_examples": 32},
-    "adversarial": {"method": "none"},
-    "bregman": {"mu": 0.0},
-}
+# The tiny encoder of tests/test_study.py; each run checkpoints at its end (step 3), so a later stage can start from it.
+TINY_BASE = {**STUDY_TINY_BASE, "train": {**STUDY_TINY_BASE["train"], "save_every_steps": 3}}
 SETTINGS = {"mt": {"tasks": ["rte", "mrpc"]}, "rte": {"tasks": ["rte"]}, "mrpc": {"tasks": ["mrpc"]}}
 VARIANTS = {
     "plain": {"settings": ["rte", "mrpc"]},
