@@ -44,8 +44,8 @@ def test_checkpoint_path_and_table(run, capsys):
     assert main(["evaluate", "--run", str(run), "--checkpoint", str(step)]) == 0
     out = capsys.readouterr().out
     final = json.loads((run / "results.json").read_text())["final"]
-    assert f"rte         accuracy  {final['rte/accuracy']:.4f}" in out
-    assert f"avg                   {final['avg']:.4f}" in out
+    assert f"rte         accuracy  {100 * final['rte/accuracy']:.2f}" in out  # × 100, as `train`'s table
+    assert f"avg                   {100 * final['avg']:.2f}" in out
 
 
 def test_more_examples_than_logged_changes_the_numbers_only_by_data(run, capsys):

@@ -33,10 +33,10 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"checkpoint": str(loaded.checkpoint), "step": loaded.step, "split": args.split,
                           "results": results, "unlabelled": skipped}, indent=2, sort_keys=True))
         return 0
-    print(f"{loaded.checkpoint} (step {loaded.step}), {args.split} sets")
+    print(f"{loaded.checkpoint} (step {loaded.step}), {args.split} sets (× 100, as training prints them; --json: fractions)")
     rows = [["evaluation", "metric", "value"]]
-    rows += [[key.split("/")[0], key.split("/")[1], f"{value:.4f}"] for key, value in results.items() if key != "avg"]
-    rows.append(["avg", "", f"{results['avg']:.4f}"])
+    rows += [[key.split("/")[0], key.split("/")[1], f"{100 * value:.2f}"] for key, value in results.items() if key != "avg"]
+    rows.append(["avg", "", f"{100 * results['avg']:.2f}"])
     print(table(rows))
     if skipped:
         print(f"unlabelled {args.split} sets (no metrics): {', '.join(skipped)}")
