@@ -75,3 +75,13 @@ def test_override_syntax_errors():
 def test_data_root_defaults_to_env(monkeypatch):
     monkeypatch.setenv("MTSMART_DATA", "/some/where")
     assert Config().data.root == "/some/where"
+
+
+def test_a_typo_on_the_command_line_is_named_as_an_override_not_as_the_files(tmp_path):
+    path = tmp_path / "quick.yaml"
+    path.write_text("tasks: [rte]\ntrain: {lr: 1.0e-4}\n")
+    with pytest.raises(ConfigError, match=r"^override 'train\.lrr=1': unknown key train\.lrr"):
+        load_config(path, ["train.lrr=1"])
+    path.write_text("tasks: [rte]\ntrain: {lrr: 1.0e-4}\n")  # the same mistake in the file: the file is named
+    with pytest.raises(ConfigError, match=rf"^{path}: unknown key train\.lrr"):
+        load_config(path, ["train.lr=1e-3"])

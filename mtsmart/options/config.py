@@ -415,8 +415,17 @@ def load_config(path: Optional[str | Path] = None, overrides: list[str] = (), wr
     try:
         return config_from_dict(data)
     except ConfigError as error:
-        where = f"{path}: " if path is not None else ""
-        raise ConfigError(f"{where}{error}") from None
+        raise ConfigError(f"{_source_of(error, path, overrides)}{error}") from None
+
+
+def _source_of(error: ConfigError, path: Optional[Path], overrides: list[str]) -> str:
+    """Where the key an error names came from: the command-line override that set it, else the file
+    (a typo on the command line is not an error of quickstart.yaml)."""
+    for text in reversed(overrides):  # the last override of a key is the one that counts
+        key = text.split("=", 1)[0]
+        if re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", str(error)):
+            return f"override {text!r}: "
+    return f"{path}: " if path is not None else ""
 
 
 def save_config(cfg: Config, path: Path) -> None:
