@@ -21,7 +21,7 @@ from mtsmart.support.threads import choose_threads
 def test_the_default_takes_the_cores_not_already_busy(configured, env, cores, load, expected):
     threads, why = choose_threads(configured, env=env, cores=cores, load=load)
     assert threads == expected[0]
-    assert why == expected[1] if expected[1] else why.startswith(f"{cores} cores, load average {load:.1f}")
+    assert why == expected[1] if expected[1] else why.startswith(f"{cores} cores, {load:.1f} busy at start")
 
 
 def test_a_negative_thread_count_is_refused_naming_the_key():
@@ -39,3 +39,22 @@ def test_a_run_uses_and_records_its_threads(train_tiny, tmp_path, capsys):
         torch.set_num_threads(before)
     assert json.loads((out / "run_info.json").read_text())["intra_op_threads"] == 2
     assert "threads: 2 (train.threads)" in capsys.readouterr().out
+
+
+def test_busy_cores_sees_a_spinning_process():
+    """A process spinning on one core reads as about one busy core more than without it."""
+    import subprocess
+    import sys
+
+    from mtsmart.support.threads import busy_cores
+
+    before = busy_cores(0.5)
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+        time.sleep(0.3)
+        during = busy_cores(0.5)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert during > before + 0.5, (before, during)

@@ -133,7 +133,7 @@ class TrainConfig:
     max_nonfinite_in_row: int = 10  # stop after this many skipped steps in a row
     task_gradients_every: int = 0  # every this many steps, log each task's encoder-gradient norm and its cosine with every task's recent gradient (docs/tensorboard.md; 0 = off)
     record_step_times: bool = False  # write step_times.tsv: each optimizer step's examples, padded tokens and end time, wall and CPU (benchmarks; mtsmart/components/step_times.py)
-    threads: int = 0  # intra-op CPU threads of this process; 0 = OMP_NUM_THREADS if set, else the cores not busy at start (cores − the load average, at least 1; mtsmart/support/threads.py)
+    threads: int = 0  # intra-op CPU threads of this process; 0 = OMP_NUM_THREADS if set, else the cores not busy at start (cores − busy cores measured over 0.25 s, at least 1; mtsmart/support/threads.py)
     keep_freed_memory: bool = True  # glibc/Linux: malloc keeps memory freed between steps instead of re-faulting it (CPU speed; mtsmart/support/allocator.py)
 
     def __post_init__(self) -> None:
