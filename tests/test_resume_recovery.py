@@ -261,3 +261,48 @@ def test_a_task_file_edited_between_stop_and_resume_is_refused(straight, tmp_pat
     assert err.count("\n") == 1 and "the task file of rte" in err and "changed since the checkpoint" in err
     (tasks / "rte.yaml").write_text(text)  # restored: the run continues
     assert main(["train", *common, f"output_dir={out}", "train.resume=auto"]) == 0
+
+
+def save_tiny_encoder(folder: Path, vocab_size: int, seed: int) -> None:
+    from transformers import BertModel
+
+    from mtsmart.model.multitask import tiny_bert_config
+
+    torch.manual_seed(seed)
+    BertModel(tiny_bert_config(vocab_size, 32, 2, 2), add_pooling_layer=False).save_pretrained(folder)
+
+
+def test_an_encoder_folder_rewritten_between_stop_and_resume_is_refused(tmp_path, data_root, tiny_tokenizer, capsys):
+    """The same model.name_or_path, other weights in it (a folder re-exported, a hub model's new
+    revision): the checkpoint records the sha256 of the weights the run started from."""
+    encoder = tmp_path / "encoder"
+    save_tiny_encoder(encoder, len(tiny_tokenizer), seed=0)
+    common = (f"model.name_or_path={encoder}", "model.tokenizer=minilm", "data.max_seq_len=48", "train.batch_size=8",
+              f"data.root={data_root}", *RUN)
+    out = tmp_path / "run"
+    assert main(["train", *common, f"output_dir={out}", "train.stop_after_steps=4"]) == 0
+    state = json.loads((ckpt.step_checkpoints(out)[-1] / "state.json").read_text())
+    assert len(state["encoder"]) == 64
+    save_tiny_encoder(encoder, len(tiny_tokenizer), seed=1)
+    capsys.readouterr()
+    assert main(["train", *common, f"output_dir={out}", "train.resume=auto"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after transformers' own loading report
+    assert last.startswith("mtsmart: error: ") and "now loads other weights than the run started from" in last
+    assert str(encoder) in last
+    assert not (out / "results.json").exists()
+    save_tiny_encoder(encoder, len(tiny_tokenizer), seed=0)  # the same weights again: the run continues
+    assert main(["train", *common, f"output_dir={out}", "train.resume=auto"]) == 0
+    assert (out / "results.json").is_file()
+
+
+def test_the_encoder_digest_covers_every_weight_byte(tiny_model_factory):
+    from mtsmart.components.build import encoder_digest
+
+    encoder = tiny_model_factory({}).encoder
+    before = encoder_digest(encoder)
+    assert before == encoder_digest(encoder)
+    with torch.no_grad():
+        weight = encoder.embeddings.word_embeddings.weight
+        weight[3, 5] = torch.nextafter(weight[3, 5], torch.tensor(float("inf")))  # one ulp
+    assert encoder_digest(encoder) != before
+    assert encoder_digest(encoder.to(torch.bfloat16)) != encoder_digest(encoder.float())

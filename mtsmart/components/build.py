@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import math
 from pathlib import Path
 from typing import Callable
@@ -214,6 +215,17 @@ def build_model(cfg: Config, specs: dict[str, TaskSpec], tokenizer, device: torc
         raise ConfigError(f"data.max_seq_len: {cfg.data.max_seq_len} is beyond the {positions} positions of "
                           f"encoder {cfg.model.name_or_path!r}; give at most {positions}")
     return MultiTaskModel(encoder, specs).to(device)
+
+
+def encoder_digest(encoder: nn.Module) -> str:
+    """sha256 of the encoder's weights as loaded (names, dtypes, shapes, bytes): what a resume checks
+    it starts from, whatever folder, hub revision or package the weights came from."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(encoder.state_dict().items()):
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def usable_positions(config) -> int | None:

@@ -128,7 +128,7 @@ class TrainConfig:
     keep_checkpoints: int = 2  # most recent step checkpoints kept (the best one is kept apart)
     resume: str = ""  # "" = start fresh, "auto" = latest checkpoint in output_dir, or a checkpoint path
     stop_after_steps: int = 0  # end this process once the run reaches this optimizer step, with a checkpoint (0 = never)
-    resume_force: bool = False  # resume even when the checkpoint's config differs
+    resume_force: bool = False  # resume even when the checkpoint's config, a task file or the encoder's weights differ
     nonfinite: Literal["skip", "raise"] = "skip"  # a non-finite loss/gradient: skip the step, or stop
     max_nonfinite_in_row: int = 10  # stop after this many skipped steps in a row
     task_gradients_every: int = 0  # every this many steps, log each task's encoder-gradient norm and its cosine with every task's recent gradient (docs/tensorboard.md; 0 = off)

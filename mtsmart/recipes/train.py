@@ -125,6 +125,10 @@ class Trainer:
             print("tasks: " + ", ".join(f"{task} p={p:.3f} w={self.task_weights[task]:.3g}" for task, p in
                                         zip(self.sampler.tasks, self.sampler.probabilities(0).tolist())), flush=True)
         model = build.build_model(cfg, self.specs, self.tokenizer, self.device)
+        # The pretrained weights the run starts from; a resume refuses others (issue 31).
+        self.encoder_digest = build.encoder_digest(model.encoder)
+        if self.resume_from is not None:
+            ckpt.check_encoder(self.resume_from, self.encoder_digest, cfg)
         self.head_origins = {} if self.warm is None else warm_start.warm_start(model, cfg, self.warm)
         if self.head_origins and self.world.is_main:
             print(f"init_from: {self.warm.checkpoint} (step {self.warm.step}); heads: "
@@ -209,6 +213,7 @@ class Trainer:
             "train_state": self.state,
             "task_gradients": self.task_gradients,
             "objective": self.objective,
+            "encoder_digest": self.encoder_digest,
         }
 
     def save_checkpoint(self, best: bool = False) -> None:
