@@ -171,6 +171,8 @@ def test_resume_in_a_fresh_process_is_exact(tmp_path, data_root):
 
 
 def test_resume_after_kill_9(tmp_path, data_root):
+    """Killed after its step-4 checkpoint while a second process tries to start in the folder: the
+    second is refused and changes nothing; the resumed run equals the straight one byte for byte."""
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     args = [*TINY, "train.max_steps=12", "train.save_every_steps=2"]
     ok(run_mtsmart([*args, f"output_dir={straight}"], data_root))
@@ -182,6 +184,11 @@ def test_resume_after_kill_9(tmp_path, data_root):
     deadline = time.time() + 300
     while not (killed / "checkpoints" / "step_00000004").exists() and time.time() < deadline:
         time.sleep(0.05)
+    process.send_signal(signal.SIGSTOP)  # held where it is (and its lock with it) while the second one tries
+    files = sorted((path.relative_to(killed), path.stat().st_mtime_ns) for path in killed.rglob("*"))
+    second = run_mtsmart([*args, f"output_dir={killed}", "train.resume=auto"], data_root)
+    assert second.returncode == 2 and "is in use by process" in second.stderr
+    assert sorted((path.relative_to(killed), path.stat().st_mtime_ns) for path in killed.rglob("*")) == files
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (killed / "results.json").exists(), "the run finished before it could be killed"
