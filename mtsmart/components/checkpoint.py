@@ -210,6 +210,7 @@ def _write_files(tmp: Path, directory: Path, stateful: dict, cfg: Config, weight
         "world_size": len(ranks),
         "rng": [r["rng_json"] for r in ranks],
         "task_files": task_file_hashes(cfg),
+        **({"encoder": stateful["encoder_digest"]} if stateful.get("encoder_digest") else {}),
     }
     atomic_write_json(tmp / "state.json", state)
     atomic_write_json(tmp / CHECKSUMS, {name: _sha256(tmp / name) for name in CHECKED_FILES if (tmp / name).exists()})
@@ -227,10 +228,44 @@ def step_checkpoints(out: Path) -> list[Path]:
     return sorted(root.glob("step_*")) if root.is_dir() else []
 
 
+def share_identical_files(directory: Path, root: Path) -> None:
+    """Hard-link each file of the checkpoint `directory` to an identical one (the same name and
+    sha256, checked on the disk) in another checkpoint under `root`: `best` and the step checkpoint
+    it equals, or a task's best weights and that step, then take their space once. Files are never
+    written in place, so a link is never changed under the other checkpoint. Where the file system
+    has no hard links the copies stay."""
+    ours = _listed_checksums(directory)
+    others = [d for d in (root / "best", *root.glob("step_*"), *root.glob(f"{TASK_BESTS}/step_*")) if d != directory]
+    for other in others:
+        theirs = _listed_checksums(other)
+        for name, digest in list(ours.items()):
+            mine, twin = directory / name, other / name
+            if theirs.get(name) != digest or not twin.is_file() or _sha256(twin) != digest:
+                continue
+            del ours[name]  # one twin per file: its other copies already share with it, or stay apart
+            if os.path.samefile(mine, twin):
+                continue
+            link = directory / f".link-{name}"
+            try:
+                os.link(twin, link)
+            except OSError:
+                return
+            os.replace(link, mine)
+
+
+def _listed_checksums(directory: Path) -> dict:
+    try:
+        listed = json.loads((directory / CHECKSUMS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return listed if isinstance(listed, dict) else {}
+
+
 def save_latest(out: Path, stateful: dict, cfg: Config) -> Path:
     step = stateful["train_state"].step
     directory = out / "checkpoints" / f"step_{step:08d}"
     _write(directory, stateful, cfg)
+    share_identical_files(directory, out / "checkpoints")
     for stale in step_checkpoints(out)[: -max(1, cfg.train.keep_checkpoints)]:
         shutil.rmtree(stale)
     return directory
@@ -239,6 +274,7 @@ def save_latest(out: Path, stateful: dict, cfg: Config) -> Path:
 def save_best(out: Path, stateful: dict, cfg: Config) -> Path:
     directory = out / "checkpoints" / "best"
     _write(directory, stateful, cfg)
+    share_identical_files(directory, out / "checkpoints")
     return directory
 
 
@@ -254,6 +290,7 @@ def save_task_bests(out: Path, stateful: dict, cfg: Config, steps: dict[str, int
     directory = task_best_directory(out, step)
     if not directory.is_dir():
         _write(directory, stateful, cfg, weights_only=True)
+        share_identical_files(directory, out / "checkpoints")
     atomic_write_json(out / "checkpoints" / TASK_BESTS / "index.json", steps)
     wanted = {task_best_directory(out, s).name for s in steps.values()}
     for stale in sorted((out / "checkpoints" / TASK_BESTS).glob("step_*")):
@@ -385,6 +422,17 @@ def check_compatible(directory: Path, cfg: Config, world_size: int) -> dict:
             "resume with the same number of processes (each rank's RNG streams and data shard are saved)"
         )
     return state
+
+
+def check_encoder(directory: Path, digest: str, cfg: Config) -> None:
+    """Refuse to resume over other pretrained weights than the run started from: the same
+    `model.name_or_path` can name a folder rewritten since, or a hub model with a new revision."""
+    recorded = read_state(directory).get("encoder")  # checkpoints before it was recorded are not checked
+    if recorded is not None and recorded != digest and not cfg.train.resume_force:
+        raise CheckpointError(
+            f"{directory}: the encoder {cfg.model.name_or_path!r} now loads other weights than the run started from "
+            f"(sha256 {digest[:12]}, recorded {recorded[:12]}); restore them, or set train.resume_force=true"
+        )
 
 
 def load(directory: Path, stateful: dict, cfg: Config, rank: int = 0, world_size: int = 1) -> None:
