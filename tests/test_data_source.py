@@ -47,6 +47,7 @@ def stub_hub(monkeypatch, data_root: Path) -> None:
         return real("parquet", data_files={split: files}, split=split)
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.setattr("mtsmart.data.readers.hub_unreachable", lambda: None)  # the stub is the hub
 
 
 def test_auto_is_the_default_and_reads_local_files_first(data_root, monkeypatch):
@@ -99,7 +100,7 @@ def test_readme_main_command_without_data_offline_says_so_in_one_line(tmp_path, 
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("mtsmart: error: task 'rte', split 'train': no local file ")
+    assert last.startswith("mtsmart: error: task 'cola', split 'train': no local file ")  # the quickstart's first task
     assert "$MTSMART_DATA" in last and "Hugging Face hub" in last
     assert not (tmp_path / "run" / "results.json").exists()
 
@@ -108,7 +109,7 @@ def test_readme_main_command_without_data_offline_says_so_in_one_line(tmp_path, 
 def test_readme_main_command_reads_the_hub_when_there_is_no_data_folder(tmp_path, data_root):
     out = tmp_path / "run"
     result = readme_main_command(
-        tmp_path, data_root, "tasks=[rte]", "model.name_or_path=tiny", "train.max_steps=3",
+        tmp_path, data_root, "tasks=[rte]", "mix.loss_weights={}", "model.name_or_path=tiny", "train.max_steps=3",
         "eval.max_examples=32", f"output_dir={out}", hub_stub=True,
     )
     assert result.returncode == 0, result.stderr[-2000:]

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
 from mtsmart.options.data import DataConfig
+from mtsmart.support.hub import hub_unreachable
 from mtsmart.data.examples import Example
 from mtsmart.tasks.spec import TaskSpec
 from mtsmart.tasks.types import task_type_of
@@ -381,6 +382,11 @@ def _load_hub_split(hub: dict, hub_split: str, root: Path):
         dataset = datasets.load_dataset("parquet", data_files={hub_split: [str(f) for f in files]}, split=hub_split)
         return dataset, f"{local_dir}/{hub_split}"
     where = f"{hub['path']}/{hub.get('name') or ''}:{hub_split}"
+    unreachable = hub_unreachable()
+    if unreachable:  # not asked: offline its retries took half a minute and a dozen log lines
+        hint = f", or put its parquet files in {local_dir}" if local_dir is not None else ""
+        raise DataError(f"hub dataset {where} was not asked: the hub cannot be reached ({unreachable}); "
+                        f"with HF_HUB_OFFLINE=1 a copy in the datasets cache is read{hint}")
     try:
         dataset = datasets.load_dataset(hub["path"], hub.get("name"), split=hub_split)
     except OSError as error:  # ConnectionError and missing files alike

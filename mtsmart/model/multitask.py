@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
 
+from mtsmart.support.hub import hub_unreachable
 from mtsmart.tasks.batch import Batch
 from mtsmart.tasks.spec import TaskSpec
 from mtsmart.tasks.types import task_type_of
@@ -42,13 +43,16 @@ def check_local_model(name_or_path: str) -> None:
 
 
 def from_pretrained(loader, name_or_path: str, what: str, **kwargs):
-    """`loader.from_pretrained(...)`, with a missing download (offline, unknown id) said in one line."""
+    """`loader.from_pretrained(...)`, with a missing download (offline, unknown id) said in one line.
+    A hub that cannot be reached is not asked (its retries took a minute): the cache alone is read."""
+    unreachable = None if Path(name_or_path).is_dir() else hub_unreachable()
     try:
-        return loader.from_pretrained(name_or_path, **kwargs)
+        return loader.from_pretrained(name_or_path, **kwargs, **({"local_files_only": True} if unreachable else {}))
     except OSError as error:
+        why = (f"the Hugging Face hub cannot be reached ({unreachable}) and no cached copy was found" if unreachable
+               else f"the Hugging Face hub did not provide it (offline, or no such model): {str(error).splitlines()[0]}")
         raise ModelSourceError(f"model.name_or_path: cannot load the {what} of {name_or_path!r}: it is not a local "
-                               f"folder and the Hugging Face hub did not provide it (offline, or no such model): "
-                               f"{str(error).splitlines()[0]}") from None
+                               f"folder and {why}") from None
 
 
 def resolve_pretrained_path(name_or_path: str) -> str:
