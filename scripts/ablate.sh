@@ -11,7 +11,7 @@
 # adversarial method (that method alone, Bregman off).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-config="$repo/scripts/configs/quickstart.yaml"
+config="$repo/scripts/configs/quickstart_smart.yaml"
 if [ $# -gt 0 ] && [[ "$1" != *=* ]]; then config="$1"; shift; fi
 seeds="${SEEDS:-1 2 3}"
 variants="${VARIANTS:-plain rs_only bregman_only smart}"

@@ -1,4 +1,6 @@
 """Config: YAML + dotted overrides, errors that name the key, round trip."""
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -85,3 +87,23 @@ def test_a_typo_on_the_command_line_is_named_as_an_override_not_as_the_files(tmp
     path.write_text("tasks: [rte]\ntrain: {lrr: 1.0e-4}\n")  # the same mistake in the file: the file is named
     with pytest.raises(ConfigError, match=rf"^{path}: unknown key train\.lrr"):
         load_config(path, ["train.lr=1e-3"])
+
+
+SHIPPED_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "scripts" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda path: path.name)
+def test_every_shipped_config_loads_and_names_tasks_that_exist(path):
+    from mtsmart.tasks.spec import DEFAULT_TASKS_DIR, task_file
+
+    cfg = load_config(str(path), [])
+    assert cfg.tasks and all(task_file(task, DEFAULT_TASKS_DIR).is_file() for task in cfg.tasks)
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+
+
+def test_the_quickstart_is_the_five_fair_glue_tasks_plain_and_balanced():
+    """README's main job: CoLA back in the mix (issue 28), balanced as docs/results.md measured."""
+    cfg = load_config(str(Path(__file__).resolve().parents[1] / "scripts" / "configs" / "quickstart.yaml"), [])
+    assert sorted(cfg.tasks) == ["cola", "mrpc", "rte", "sst2", "stsb"]
+    assert (cfg.mix.sampling, cfg.mix.cap, cfg.mix.regression_targets) == ("capped", 8551, "score_range")
+    assert cfg.mix.loss_weights == {"stsb": 0.5}
