@@ -64,6 +64,7 @@ class NewerCheckpointError(CheckpointError):
 
 CHECKSUMS = "checksums.json"
 CHECKED_FILES = ("model.safetensors", "tensors.pt", "state.json")
+SHARED_FILES = ("model.safetensors", "tensors.pt")  # the large ones: state.json (kilobytes) stays each checkpoint's own
 TASK_BESTS = "best_per_task"  # checkpoints/best_per_task/step_N: each task's best weights, one copy per step
 
 
@@ -229,12 +230,12 @@ def step_checkpoints(out: Path) -> list[Path]:
 
 
 def share_identical_files(directory: Path, root: Path) -> None:
-    """Hard-link each file of the checkpoint `directory` to an identical one (the same name and
+    """Hard-link each large file of the checkpoint `directory` to an identical one (the same name and
     sha256, checked on the disk) in another checkpoint under `root`: `best` and the step checkpoint
     it equals, or a task's best weights and that step, then take their space once. Files are never
     written in place, so a link is never changed under the other checkpoint. Where the file system
     has no hard links the copies stay."""
-    ours = _listed_checksums(directory)
+    ours = {name: digest for name, digest in _listed_checksums(directory).items() if name in SHARED_FILES}
     others = [d for d in (root / "best", *root.glob("step_*"), *root.glob(f"{TASK_BESTS}/step_*")) if d != directory]
     for other in others:
         theirs = _listed_checksums(other)
