@@ -139,3 +139,30 @@ def test_export_refuses_a_non_empty_folder_unless_forced(run, tmp_path, capsys):
     assert "is not empty" in capsys.readouterr().err and not (out / "config.json").exists()
     assert main(["export", "--run", str(run), "--task", "rte", "--out", str(out), "--force"]) == 0
     assert (out / "config.json").is_file() and (out / "mine.txt").read_text() == "keep me"
+
+
+def test_the_export_says_how_to_read_inputs_as_training_did(run, exported, capsys, tmp_path):
+    """Its README and the command's last line give the pipeline call with truncation=True: with it a
+    long input is cut at data.max_seq_len (as trained) and no over-length warning is printed."""
+    import logging
+
+    card = (exported["rte"] / "README.md").read_text()
+    assert f'model="{exported["rte"]}", truncation=True' in card and "['entailment', 'not_entailment']" in card
+    assert "raw score" in (exported["stsb"] / "README.md").read_text()
+    assert main(["export", "--run", str(run), "--task", "rte", "--out", str(tmp_path / "again")]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith('use: transformers.pipeline("text-classification"')
+    long_text = " ".join(["word"] * 300)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        classify = pipeline("text-classification", model=str(exported["rte"]), device="cpu", truncation=True)
+        cut = classify({"text": long_text, "text_pair": "word"})
+        whole = pipeline("text-classification", model=str(exported["rte"]), device="cpu")({"text": long_text, "text_pair": "word"})
+    finally:
+        logger.removeHandler(handler)
+    warned = [r for r in records if "longer than the specified maximum" in r.getMessage()]
+    assert len(warned) == 1  # the call without truncation=True only
+    assert cut["score"] != whole["score"]  # 48 tokens read, not 300

@@ -32,7 +32,7 @@ from mtsmart.recipes.commands.common import add_force_argument, add_run_argument
 from mtsmart.components.run_dir import LoadedRun, RunDirError
 from mtsmart.tasks.types import task_type_of
 from mtsmart.tasks.spec import TaskSpec
-from mtsmart.support.io import give_default_mode
+from mtsmart.support.io import atomic_write_text, give_default_mode
 
 # |s · h| stays below this, so that tanh(s · h) == s · h in float32 (see the module docstring).
 POOLER_INPUT_LIMIT = 2.0**-13
@@ -129,12 +129,35 @@ def save_tokenizer(loaded: LoadedRun, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+def usage(out: Path, max_seq_len: int) -> str:
+    """The pipeline call that reads inputs as training did: without `truncation=True` a pipeline
+    feeds a longer input whole (and warns that it exceeds the tokenizer's maximum)."""
+    return f'transformers.pipeline("text-classification", model="{out}", truncation=True)  # cut at {max_seq_len} tokens, as trained'
+
+
+def model_card(loaded: LoadedRun, task: str, out: Path) -> str:
+    spec = loaded.specs[task]
+    outputs = (f"labels {list(spec.labels)}" if spec.num_outputs > 1 else
+               "one raw score per input (`score`): the pipeline applies no sigmoid")
+    return "\n".join([
+        f"# {task}, exported by mtsmart",
+        "",
+        f"BertForSequenceClassification of task `{task}` from the run `{loaded.directory}`, checkpoint",
+        f"`{loaded.checkpoint.name}` (step {loaded.step}); {outputs}. Outputs equal the run's model",
+        "(`mtsmart export` checks them); run it in float32 or bfloat16.",
+        "",
+        "    " + usage(out, loaded.cfg.data.max_seq_len),
+        "",
+    ])
+
+
 def export_task(loaded: LoadedRun, task: str, out: Path) -> float:
     model = to_sequence_classifier(loaded, task)
     difference = check_equal_outputs(loaded, task, model)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     save_tokenizer(loaded, out)
+    atomic_write_text(out / "README.md", model_card(loaded, task, out))
     return difference
 
 
@@ -163,4 +186,5 @@ def run(args: argparse.Namespace) -> int:
         return 0
     difference = export_task(loaded, args.task, out)
     print(f"wrote {out} (BertForSequenceClassification of task {args.task}; max |Δ output| on a check batch {difference:.2g})")
+    print(f"use: {usage(out, loaded.cfg.data.max_seq_len)}")
     return 0
