@@ -7,6 +7,8 @@ that opens its TensorBoard curves.
 """
 from __future__ import annotations
 
+import shutil
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -62,4 +64,13 @@ def final_summary(final: dict[str, float], run_dir: Path) -> str:
             task, metric = key.split("/", 1)
             rows.append([task, metric, f"{100 * value:.2f}"])
     rows.append(["avg", "(GLUE-style mean)", f"{100 * final['avg']:.2f}"])
-    return "\n".join([table(rows), f"run directory: {run_dir}", f"curves: tensorboard --logdir {run_dir / 'tb'}"])
+    return "\n".join([table(rows), f"run directory: {run_dir}", f"curves: {tensorboard_program()} --logdir {run_dir / 'tb'}"])
+
+
+def tensorboard_program() -> str:
+    """`tensorboard` when it is on PATH; else the one beside this Python (scripts/train_mt.sh runs
+    .venv's Python without activating it, so a bare `tensorboard` would not be found)."""
+    if shutil.which("tensorboard"):
+        return "tensorboard"
+    beside = Path(sys.executable).parent / "tensorboard"
+    return str(beside) if beside.is_file() else "tensorboard"
