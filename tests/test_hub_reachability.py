@@ -93,3 +93,25 @@ def test_a_hub_model_id_with_an_unreachable_hub_is_one_line(hub_nowhere, tmp_pat
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "'nobody-has/this-model-xyz'" in err and "cannot be reached" in err, err
     assert not out.exists()
+
+
+def test_retry_warnings_are_held_back_while_the_hub_is_asked_and_errors_still_show(hub_nowhere, monkeypatch):
+    import logging
+
+    from mtsmart.support.hub import quiet_retries
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("huggingface_hub")
+    logger.addHandler(handler)
+    before = logger.level
+    try:
+        with quiet_retries():
+            logging.getLogger("huggingface_hub.utils._http").warning("Retrying in 8s [Retry 5/5].")
+            logging.getLogger("huggingface_hub.utils._http").error("a real error")
+        logging.getLogger("huggingface_hub.utils._http").warning("after")
+    finally:
+        logger.removeHandler(handler)
+    assert [r.getMessage() for r in records] == ["a real error", "after"]
+    assert logger.level == before

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
 from mtsmart.options.data import DataConfig
-from mtsmart.support.hub import hub_unreachable
+from mtsmart.support.hub import hub_unreachable, quiet_retries
 from mtsmart.data.examples import Example
 from mtsmart.tasks.spec import TaskSpec
 from mtsmart.tasks.types import task_type_of
@@ -388,7 +388,8 @@ def _load_hub_split(hub: dict, hub_split: str, root: Path):
         raise DataError(f"hub dataset {where} was not asked: the hub cannot be reached ({unreachable}); "
                         f"with HF_HUB_OFFLINE=1 a copy in the datasets cache is read{hint}")
     try:
-        dataset = datasets.load_dataset(hub["path"], hub.get("name"), split=hub_split)
+        with quiet_retries():
+            dataset = datasets.load_dataset(hub["path"], hub.get("name"), split=hub_split)
     except OSError as error:  # ConnectionError and missing files alike
         hint = f" or put its parquet files in {local_dir}" if local_dir is not None else ""
         raise DataError(f"hub dataset {where} could not be loaded ({error}); check the network{hint}") from error

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
 
-from mtsmart.support.hub import hub_unreachable
+from mtsmart.support.hub import hub_unreachable, quiet_retries
 from mtsmart.tasks.batch import Batch
 from mtsmart.tasks.spec import TaskSpec
 from mtsmart.tasks.types import task_type_of
@@ -47,7 +47,8 @@ def from_pretrained(loader, name_or_path: str, what: str, **kwargs):
     A hub that cannot be reached is not asked (its retries took a minute): the cache alone is read."""
     unreachable = None if Path(name_or_path).is_dir() else hub_unreachable()
     try:
-        return loader.from_pretrained(name_or_path, **kwargs, **({"local_files_only": True} if unreachable else {}))
+        with quiet_retries():
+            return loader.from_pretrained(name_or_path, **kwargs, **({"local_files_only": True} if unreachable else {}))
     except OSError as error:
         why = (f"the Hugging Face hub cannot be reached ({unreachable}) and no cached copy was found" if unreachable
                else f"the Hugging Face hub did not provide it (offline, or no such model): {str(error).splitlines()[0]}")

@@ -3,9 +3,11 @@ libraries retry for 25-60 s and print a dozen lines before they fail (issue 32);
 attempt fails in milliseconds when the name does not resolve."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import socket
-from typing import Optional
+from typing import Iterator, Optional
 from urllib.parse import urlparse
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -29,3 +31,17 @@ def hub_unreachable(timeout_s: float = 5.0) -> Optional[str]:
     except OSError as error:
         return f"{host}:{port}: {error.strerror or type(error).__name__}"
     return None
+
+
+@contextlib.contextmanager
+def quiet_retries() -> Iterator[None]:
+    """huggingface_hub's retry warnings (`'…' thrown while requesting …`, `Retrying in 8s [Retry
+    5/5]`) held back while mtsmart asks the hub: the library already bounds them (5 tries, at
+    most 8 s apart), and mtsmart says in one line what failed. Its errors still show."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
