@@ -19,6 +19,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+import torch
 from datasets import load_dataset
 from scipy.stats import pearsonr
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, TrainingArguments
@@ -74,6 +75,7 @@ def main() -> None:
         output_dir=args.out, num_train_epochs=args.epochs, max_steps=args.max_steps, learning_rate=args.lr,
         per_device_train_batch_size=32, per_device_eval_batch_size=64, warmup_steps=0.1, weight_decay=0.01,
         eval_strategy="epoch", save_strategy="epoch", logging_steps=20, bf16=args.bf16, report_to="tensorboard",
+        use_cpu=args.bf16 and not torch.cuda.is_available(),  # the Trainer refuses CPU bf16 unless told to use the CPU
         train_sampling_strategy="group_by_length",
     )
     trainer = SmartTrainer(  # SMART line 2: the Trainer's arguments, plus SMART's and the teacher's
