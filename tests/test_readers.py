@@ -362,5 +362,6 @@ def test_hub_download_failure_names_dataset_and_local_dir(tmp_path, monkeypatch)
         raise ConnectionError("Couldn't reach 'nyu-mll/glue' on the Hub")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
+    monkeypatch.setattr("mtsmart.data.readers.hub_unreachable", lambda: None)  # reachable, and the download fails
     with pytest.raises(DataError, match=r"hub dataset nyu-mll/glue/rte:validation could not be loaded .*hf/glue/rte"):
         read_split(load_task_spec("rte"), "dev", DataConfig(root=str(tmp_path), source="hub"))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -49,6 +50,8 @@ def test_busy_cores_sees_a_spinning_process():
     from mtsmart.support.threads import busy_cores
 
     before = busy_cores(0.5)
+    if before > (os.cpu_count() or 1) - 0.8:
+        pytest.skip(f"no idle core to see a spinner on ({before:.1f} of {os.cpu_count()} busy)")
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         import time
