@@ -329,21 +329,23 @@ class Trainer:
         """This step's scalars under their TensorBoard tags (averaged over log intervals)."""
         merged = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
         scalars = {"train/lr": lr, "train/grad_norm": grad_norm}
-        scalars.update({f"train/{key}": value for key, value in merged.items()})
+        # The regulariser's and the teacher's terms keep their own sections (adv/, bregman/): under
+        # train/ they sorted before train/loss and pushed it to TensorBoard's second page.
+        scalars.update({(key if "/" in key else f"train/{key}"): value for key, value in merged.items()})
         if "loss" in merged:
             scalars[f"train/{task}/loss"] = merged["loss"]
         if "adv/loss" in merged:
-            scalars[f"train/adv/{task}/loss"] = merged["adv/loss"]
+            scalars[f"adv/{task}/loss"] = merged["adv/loss"]
         if self.bregman.enabled:
-            scalars[f"train/bregman/{task}/reg"] = merged["bregman/reg"]
+            scalars[f"bregman/{task}/reg"] = merged["bregman/reg"]
         return scalars
 
     def flush_logs(self, meter: "ScalarMeter", examples: int, seconds: float) -> None:
         scalars = meter.means()
         scalars["train/examples_per_s"] = examples / max(seconds, 1e-9)
         if self.bregman.enabled:
-            scalars["train/bregman/beta"] = self.bregman.beta
-            scalars["train/bregman/teacher_distance"] = self.bregman.teacher_student_distance()
+            scalars["bregman/beta"] = self.bregman.beta
+            scalars["bregman/teacher_distance"] = self.bregman.teacher_student_distance()
         self.logger.log_dict(scalars, self.state.step)
         if self.plain_progress:
             print(progress_line(self.state.step, self.total_steps, scalars.get("train/loss"),

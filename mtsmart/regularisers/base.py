@@ -83,8 +83,8 @@ class AdversarialMethod:
     # The tensor it perturbs: "word_embeddings" (ctx.embeds) or "embedding_output" (the objective
     # then captures ctx.embedding_output from its clean forward).
     perturbs: str = "word_embeddings"
-    # Logged as train/adv/<scalar> (docs/tensorboard.md); "loss" (its own term before its weight)
-    # also per task as train/adv/<task>/loss.
+    # Logged as adv/<scalar> (docs/tensorboard.md); "loss" (its own term before its weight)
+    # also per task as adv/<task>/loss.
     scalars: tuple[str, ...] = ("loss", "delta_norm")
 
     def __call__(self, ctx: AdversarialContext) -> AdversarialResult:
