@@ -66,3 +66,19 @@ def test_removing_the_step_checkpoint_leaves_best_whole(run, tmp_path):
     ckpt.share_identical_files(root / "step_00000004", root)
     shutil.rmtree(root / "step_00000004")
     ckpt.verify(root / "best")
+
+
+def test_a_file_system_without_hard_links_keeps_the_copies(run, tmp_path, monkeypatch):
+    root = tmp_path / "checkpoints"
+    shutil.copytree(run / "checkpoints", root)
+
+    def no_links(source, target):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(ckpt.os, "link", no_links)
+    step = root / "step_00000004"
+    ckpt.share_identical_files(step, root)
+    assert not os.path.samefile(step / "model.safetensors", root / "best" / "model.safetensors")
+    assert not list(step.glob(".link-*"))
+    ckpt.verify(step)
+    ckpt.verify(root / "best")
