@@ -181,3 +181,21 @@ def test_a_tiny_staged_study_runs_each_stage_from_its_source(tmp_path, data_root
     assert not (source / "checkpoints").exists()  # dropped once both fine-tuned runs were done
     report = (study.output_dir / "report.md").read_text()
     assert "Runs done: 5 of 5." in report and "| mt_model | default | 1 |" in report
+
+
+def test_the_plot_takes_settings_that_hold_different_variants(tmp_path, monkeypatch):
+    """mt_glue's settings hold different variants (mt_model only on the GLUE tasks): the plot has a
+    row for every variant of any panel and leaves a panel's missing rows empty (it raised KeyError
+    once the first runs finished)."""
+    from types import SimpleNamespace
+
+    from mtsmart.recipes.study import report
+
+    shown = SimpleNamespace(mean=1.0, low=0.5, high=1.5)
+    panels = [("cola", {"mtdnn": shown, "mt_model": shown}, "none yet"),
+              ("scitail_23", {"mtdnn": shown}, "none yet"),
+              ("all settings (mean)", {"mtdnn": None}, "none yet")]
+    monkeypatch.setattr(report, "plot_panels", lambda study: panels)
+    study = SimpleNamespace(variants={"single": {}, "mtdnn": {}, "mt_model": {}}, metric="avg", baseline="single")
+    report.plot(study, tmp_path / "report.png")
+    assert (tmp_path / "report.png").stat().st_size > 1000

@@ -334,11 +334,13 @@ def plot(study: Study, path: Path) -> None:
 
     panels = plot_panels(study)
     half_width = shared_half_width(panels)
-    others = list(panels[0][1])  # the variants compared with the baseline, in the study's order
+    # Every variant compared with the baseline in any panel, in the study's order: settings can hold
+    # different variants (a stage runs in some settings only), so a panel may lack a row.
+    others = [v for v in study.variants if any(v in differences for _, differences, _ in panels)]
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.45 * len(others) + 1.6), squeeze=False)
     for axis, (title, differences, empty_note) in zip(axes[0], panels):
         for row, variant in enumerate(others):
-            d = differences[variant]
+            d = differences.get(variant)
             if d is not None:
                 colour = "tab:green" if d.low > 0 else ("tab:red" if d.high < 0 else "tab:gray")
                 axis.errorbar(d.mean, row, xerr=[[d.mean - d.low], [d.high - d.mean]], fmt="o", color=colour, capsize=3)
