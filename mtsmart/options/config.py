@@ -218,7 +218,8 @@ class Config:
         names = {Path(task).stem for task in self.tasks}
         unknown = sorted(set(self.mix.loss_weights) - names)
         if unknown:
-            raise ValueError(f"mix.loss_weights: {unknown[0]!r} is not one of this run's tasks {sorted(names)}")
+            raise ValueError(f"mix.loss_weights: {unknown[0]!r} is not one of this run's tasks {sorted(names)} "
+                             "(with fewer tasks than the config's, give mix.loss_weights={} or the weights of the tasks kept)")
 
     def regulariser_options(self) -> Any:
         """The section of the method `adversarial.method` chooses (None for plain fine-tuning)."""
