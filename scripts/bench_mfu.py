@@ -2,6 +2,7 @@
 
     python scripts/bench_mfu.py                 # MiniLM, batch 16 × 128, fp32 and bf16, 1 and 2 threads
     python scripts/bench_mfu.py --quick         # tiny random BERT: a smoke run of the script
+    python scripts/bench_mfu.py --masks torch   # torch's dropout masks only (default: torch and packed)
 
 Side by side in one run, per precision and thread count:
 
@@ -11,7 +12,9 @@ Side by side in one run, per precision and thread count:
 - the step's achieved rate: the linear-layer FLOPs a step needs, over its time. A plain step is
   one forward F and one backward into every parameter Bθ (= Bx + Bw, each as many FLOPs as F):
   3 F. SMART K=1 is 3 F + 1 Bx + 2 Bθ = 8 F (docs/performance.md, "What a step costs");
-- their ratio, the step's model-FLOP utilisation (MFU) against the GEMM rate.
+- their ratio, the step's model-FLOP utilisation (MFU) against the GEMM rate;
+- per kind of dropout mask (`model.dropout_masks`): torch's, and packed (mtsmart.model.packed_dropout)
+  on a copy of the model with the same weights.
 
 Attention's batched products and everything element-wise are not counted: they are what the
 step spends beyond its linear layers. Steps and GEMM passes are timed by the wall clock,
@@ -25,12 +28,15 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_step  # noqa: E402  (scripts/: the model, batch, steps and the interleaved timer)
+from mtsmart.model.packed_dropout import use_packed_dropout  # noqa: E402
 
 PASSES = {"plain": 3, "SMART K=1": 8}  # linear-layer FLOPs of a step in units of one forward (F)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -64,15 +70,23 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--masks", default="torch,packed", help="dropout masks: torch, packed or both")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     step_args = argparse.Namespace(quick=args.quick, batch_size=4 if args.quick else 16, seq_len=16 if args.quick else 128)
     model, batch = bench_step.build_model_and_batch(step_args)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     tokens = batch.input_ids.numel()
     unit = forward_flops(model, tokens)
-    steps = {"plain": bench_step.make_step(model, batch, optimizer, None),
-             "SMART K=1": bench_step.make_step(model, batch, optimizer, bench_step.mtsmart_term(model, batch, 1))}
+    models = {}
+    for masks in args.masks.split(","):
+        models[masks] = copy.deepcopy(model)
+        if masks == "packed":
+            use_packed_dropout(models[masks], "sdpa")
+    steps = {}
+    for masks, copy_ in models.items():
+        optimizer = torch.optim.AdamW(copy_.parameters(), lr=1e-5)
+        steps[("plain", masks)] = bench_step.make_step(copy_, batch, optimizer, None)
+        steps[("SMART K=1", masks)] = bench_step.make_step(copy_, batch, optimizer, bench_step.mtsmart_term(copy_, batch, 1))
     precisions = args.precisions.split(",")
     rows = []
     for threads in (int(t) for t in args.threads.split(",")):
@@ -80,21 +94,33 @@ def main() -> None:
         variants = {}
         for precision in precisions:
             variants[f"gemm [{precision}]"] = gemm_pass(model, tokens, precision)
-            for name, step in steps.items():
-                variants[f"{name} [{precision}]"] = bench_step.in_precision(step, precision)
+            for (name, masks), step in steps.items():
+                variants[f"{name} [{precision}, {masks}]"] = bench_step.in_precision(step, precision)
         medians = {name: statistics.median(times) for name, times in bench_step.timed(variants, 2, args.repeats).items()}
         for precision in precisions:
             gemm_rate = unit / medians[f"gemm [{precision}]"]
-            for name, passes in PASSES.items():
-                seconds = medians[f"{name} [{precision}]"]
-                rate = passes * unit / seconds
-                rows.append((threads, precision, name, seconds, rate, gemm_rate, rate / gemm_rate))
+            for name, masks in steps:
+                seconds = medians[f"{name} [{precision}, {masks}]"]
+                rate = PASSES[name] * unit / seconds
+                rows.append((threads, precision, masks, name, seconds, rate, gemm_rate, rate / gemm_rate))
     print(f"\nbatch {batch.input_ids.shape[0]} × {batch.input_ids.shape[1]} tokens; one forward through the "
           f"linear layers = {unit / 1e9:.1f} GFLOP; medians of {args.repeats} rounds")
-    print(f"{'threads':>7} {'prec':>5} {'step':>10} {'step s':>8} {'GFLOP/s':>8} {'GEMM GFLOP/s':>13} {'MFU':>6}")
-    for threads, precision, name, seconds, rate, gemm_rate, mfu in rows:
-        print(f"{threads:>7} {precision:>5} {name:>10} {seconds:>8.3f} {rate / 1e9:>8.1f} {gemm_rate / 1e9:>13.1f} {mfu:>6.0%}")
-
+    print(f"{'threads':>7} {'prec':>5} {'masks':>6} {'step':>10} {'step s':>8} {'GFLOP/s':>8} {'GEMM GFLOP/s':>13} {'MFU':>6}")
+    for threads, precision, masks, name, seconds, rate, gemm_rate, mfu in rows:
+        print(f"{threads:>7} {precision:>5} {masks:>6} {name:>10} {seconds:>8.3f} {rate / 1e9:>8.1f} "
+              f"{gemm_rate / 1e9:>13.1f} {mfu:>6.0%}")
+    for threads in sorted({row[0] for row in rows}):
+        for masks in models:
+            fp32 = {row[3]: row[4] for row in rows if row[:3] == (threads, "fp32", masks)}
+            bf16 = {row[3]: row[4] for row in rows if row[:3] == (threads, "bf16", masks)}
+            if fp32 and bf16:
+                print(f"bf16 speed-up over fp32, {threads} thread(s), {masks} masks: "
+                      + ", ".join(f"{name} {fp32[name] / bf16[name]:.2f}×" for name in fp32))
+        if len(models) > 1:
+            for precision in precisions:
+                times = {(row[2], row[3]): row[4] for row in rows if row[:2] == (threads, precision)}
+                print(f"packed / torch masks step time, {threads} thread(s), {precision}: "
+                      + ", ".join(f"{name} {times[('packed', name)] / times[('torch', name)]:.2f}" for name in PASSES))
 
 if __name__ == "__main__":
     main()

@@ -33,6 +33,7 @@ from mtsmart.options.config import Config, ConfigError, save_config
 from mtsmart.support.io import atomic_write_json, check_writable_dir
 from mtsmart.components.logger import MetricLogger, ScalarMeter
 from mtsmart.model.multitask import unwrap
+from mtsmart.model.packed_dropout import use_packed_dropout
 from mtsmart.support.precision import resolve_precision
 from mtsmart.support.run_lock import FolderLock
 from mtsmart.support.threads import choose_threads
@@ -125,6 +126,8 @@ class Trainer:
             print("tasks: " + ", ".join(f"{task} p={p:.3f} w={self.task_weights[task]:.3g}" for task, p in
                                         zip(self.sampler.tasks, self.sampler.probabilities(0).tolist())), flush=True)
         model = build.build_model(cfg, self.specs, self.tokenizer, self.device)
+        if cfg.model.dropout_masks == "packed":  # training's masks only: evaluation is the same either way
+            use_packed_dropout(model, cfg.model.attn_implementation)
         # The pretrained weights the run starts from; a resume refuses others (issue 31).
         self.encoder_digest = build.encoder_digest(model.encoder)
         if self.resume_from is not None:
