@@ -326,3 +326,12 @@ def test_profile_precision_quick_prints_both_precisions():
     rows = out.split("fp32/bf16")[1].strip().splitlines()
     assert len(rows) == 6 and rows[-1].split()[:2] == ["all", "operators"]
     assert float(rows[-1].split()[2]) > 0 and float(rows[-1].split()[3]) > 0  # total ms in fp32 and bf16
+
+
+def test_bench_mfu_quick_prints_the_fraction_of_the_gemm_rate_for_both_masks():
+    out = run_script("bench_mfu.py", "--repeats", "1", "--threads", "1")
+    rows = [line.split() for line in out.split("MFU")[1].strip().splitlines() if line.split()[:1] == ["1"]]
+    # threads, precision, masks, step (two words for SMART K=1), seconds, GFLOP/s, GEMM GFLOP/s, MFU
+    assert {(row[1], row[2]) for row in rows} == {(p, m) for p in ("fp32", "bf16") for m in ("torch", "packed")}
+    assert len(rows) == 8 and all(float(row[-4]) > 0 and row[-1].endswith("%") for row in rows)
+    assert "packed / torch masks step time, 1 thread(s), bf16" in out and "bf16 speed-up over fp32" in out
