@@ -3,6 +3,7 @@ by operator, side by side, for one plain (or SMART) step of the packaged MiniLM.
 
     python scripts/profile_precision.py                      # plain step, batch 16 × 128, 1 thread
     python scripts/profile_precision.py --method smart       # SMART's Rs (K = 1) on top
+    python scripts/profile_precision.py --masks packed       # with model.dropout_masks=packed
     python scripts/profile_precision.py --quick              # tiny random BERT (smoke run)
 
 The step is mtsmart's own (mtsmart.step.objective.Objective + clipping + fused AdamW) on components
@@ -23,6 +24,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
 
 from mtsmart.components import build  # noqa: E402
+from mtsmart.model.packed_dropout import use_packed_dropout  # noqa: E402
 from mtsmart.regularisers.registry import build_adversary  # noqa: E402
 from mtsmart.tasks.batch import Batch  # noqa: E402
 from mtsmart.options.config import load_config  # noqa: E402
@@ -42,6 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--method", choices=("none", "smart"), default="none")
+    parser.add_argument("--masks", choices=("torch", "packed"), default="torch", help="model.dropout_masks")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)
@@ -56,6 +59,8 @@ def main() -> None:
     specs = build.load_specs(cfg)
     tokenizer = build.build_tokenizer(cfg)
     model = build.build_model(cfg, specs, tokenizer, torch.device("cpu")).train()
+    if args.masks == "packed":  # as the training loop does
+        use_packed_dropout(model, cfg.model.attn_implementation)
     bregman = build.build_bregman(model, cfg, total_updates=1000)
     adversary = build_adversary(cfg.regulariser_options(), task_types_of(specs))
     ids = torch.randint(1000, len(tokenizer), (args.batch_size, args.seq_len))
@@ -76,7 +81,7 @@ def main() -> None:
         totals[precision] = self_times(step, args.repeats)
     fp32, bf16 = totals["fp32"], totals["bf16"]
     names = sorted(set(fp32) | set(bf16), key=lambda n: -max(fp32.get(n, 0.0), bf16.get(n, 0.0)))
-    print(f"{cfg.model.name_or_path}, method {args.method}, batch {args.batch_size} × {args.seq_len}, "
+    print(f"{cfg.model.name_or_path}, method {args.method}, {args.masks} dropout masks, batch {args.batch_size} × {args.seq_len}, "
           f"{args.threads} thread(s); self CPU ms per step (mean of {args.repeats}):")
     print(f"  {'operator':44s} {'fp32':>9s} {'bf16':>9s} {'fp32/bf16':>9s}")
     for name in names[: args.top]:

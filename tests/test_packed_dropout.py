@@ -52,10 +52,22 @@ def test_the_keep_rate_is_the_formula_within_binomial_noise(p):
     assert abs(kept - q) < 6 * math.sqrt(q * (1 - q) / n)
 
 
-def test_an_odd_count_and_any_shape_get_their_own_mask():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_mask_is_zeros_and_ones_in_any_shape_and_dtype(dtype):
     torch.manual_seed(2)
-    mask = packed.keep_mask(torch.Size([3, 5, 7]), 0.9, CPU)
-    assert mask.shape == (3, 5, 7) and mask.dtype == torch.bool
+    mask = packed.keep_mask(torch.Size([3, 5, 7]), 0.9, CPU, dtype)
+    assert mask.shape == (3, 5, 7) and mask.dtype == dtype
+    assert set(mask.unique().tolist()) <= {0.0, 1.0}
+    # u < T exactly: the mask is 1 where the same draws fall below the threshold
+    state = rng.snapshot(CPU)
+    mask = packed.keep_mask(torch.Size([1001]), 0.6, CPU)
+    with rng.replay(state):
+        u = packed.uniform_halves(1001, CPU)
+    assert torch.equal(mask, (u < packed.keep_threshold(0.6)).float())
+
+
+def test_a_keep_rate_that_rounds_to_one_keeps_everything():
+    assert torch.equal(packed.keep_mask(torch.Size([4, 4]), 1 - 1e-12, CPU), torch.ones(4, 4))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -64,7 +76,7 @@ def test_dropout_keeps_x_over_q_in_float32_and_zeroes_the_rest(dtype):
     state = rng.snapshot(CPU)
     out = packed.packed_dropout(x, 0.1, training=True)
     with rng.replay(state):
-        mask = packed.keep_mask(x.shape, 0.9, CPU)  # the same draws, by hand
+        mask = packed.keep_mask(x.shape, 0.9, CPU).bool()  # the same draws, by hand
     expected = torch.where(mask, (x.float() * torch.tensor(1 / 0.9, dtype=torch.float32)).to(dtype), torch.zeros((), dtype=dtype))
     assert out.dtype == dtype and torch.equal(out, expected)
     assert 0 < int((out == 0).sum()) < x.numel()
@@ -89,7 +101,7 @@ def test_the_backward_is_the_mask_times_the_scaling():
     state = rng.snapshot(CPU)
     packed.packed_dropout(x, 0.25, training=True).backward(grad)
     with rng.replay(state):
-        mask = packed.keep_mask(x.shape, 0.75, CPU)
+        mask = packed.keep_mask(x.shape, 0.75, CPU).bool()
     assert torch.equal(x.grad, torch.where(mask, grad * torch.tensor(1 / 0.75), 0.0))
 
 
@@ -112,18 +124,20 @@ class _Attention(nn.Module):
 
 
 @pytest.mark.parametrize("implementation", ["sdpa", "eager"])
-def test_attention_with_dropout_is_softmax_then_packed_dropout_then_v(implementation):
+@pytest.mark.parametrize("mask_format", ["additive", "boolean"])
+def test_attention_with_dropout_is_softmax_then_packed_dropout_then_v(implementation, mask_format):
     torch.manual_seed(4)
     q, k, v = (torch.randn(2, 3, 6, 8) for _ in range(3))
-    mask = torch.zeros(2, 1, 6, 6)
-    mask[1, :, :, 4:] = torch.finfo(torch.float32).min  # the second row's last two tokens are padding
+    additive = torch.zeros(2, 1, 6, 6)
+    additive[1, :, :, 4:] = torch.finfo(torch.float32).min  # the second row's last two tokens are padding
+    mask = additive if mask_format == "additive" else additive == 0  # eager's format, or sdpa's (True attends)
     function = AttentionInterface()[f"packed_attention_{implementation}"]
     state = rng.snapshot(CPU)
     output, _ = function(_Attention(training=True), q, k, v, mask, scaling=0.25, dropout=0.2)
     with rng.replay(state):  # by hand, the same draws
-        probabilities = torch.softmax(q @ k.transpose(2, 3) * 0.25 + mask, dim=-1)
-        keep = packed.keep_mask(probabilities.shape, 0.8, CPU)
-    expected = (torch.where(keep, probabilities * (1 / 0.8), 0.0) @ v).transpose(1, 2)
+        probabilities = torch.softmax(q @ k.transpose(2, 3) * 0.25 + additive, dim=-1)
+        keep = packed.keep_mask(probabilities.shape, 0.8, CPU).bool()
+    expected = (torch.where(keep, probabilities / 0.8, 0.0) @ v).transpose(1, 2)
     torch.testing.assert_close(output, expected, rtol=1e-6, atol=1e-6)
 
 
@@ -140,17 +154,44 @@ def batch_of(ids: torch.Tensor) -> Batch:
                  token_type_ids=torch.zeros_like(ids), labels=torch.zeros(ids.shape[0], dtype=torch.long))
 
 
-def test_a_model_gets_every_dropout_replaced_and_evaluates_bit_identically(tiny_model_factory):
+def padded_batch(ids: torch.Tensor, lengths: list[int]) -> Batch:
+    mask = (torch.arange(ids.shape[1])[None, :] < torch.tensor(lengths)[:, None]).long()
+    return Batch(task="cls", input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids),
+                 labels=torch.zeros(ids.shape[0], dtype=torch.long))
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_a_model_gets_every_dropout_replaced_and_evaluates_bit_identically(tiny_model_factory, implementation):
     model, reference = tiny_model_factory(SPECS), tiny_model_factory(SPECS)
+    for m in (model, reference):
+        m.encoder.config._attn_implementation = implementation
     dropouts = sum(type(m) is nn.Dropout for m in model.modules())
-    assert packed.use_packed_dropout(model, "sdpa") == dropouts > 0
+    assert packed.use_packed_dropout(model, implementation) == dropouts > 0
     assert not any(type(m) is nn.Dropout for m in model.modules())
-    assert model.encoder.config._attn_implementation == "packed_attention_sdpa"
+    assert model.encoder.config._attn_implementation == f"packed_attention_{implementation}"
     assert "packed" not in str(model.encoder.config.to_dict())  # nothing of it is saved with the model
-    ids = torch.randint(1000, 2000, (3, 10))
+    batch = padded_batch(torch.randint(1000, 2000, (3, 10)), [10, 7, 4])
     model.eval(), reference.eval()
     with torch.no_grad():
-        assert torch.equal(task_output(model, batch_of(ids)), task_output(reference, batch_of(ids)))
+        assert torch.equal(task_output(model, batch), task_output(reference, batch))
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_training_forwards_ignore_padding(tiny_model_factory, implementation):
+    # The attention mask reaches the packed attention function: other tokens in the padded places
+    # leave every row's output unchanged under the same dropout masks.
+    model = tiny_model_factory(SPECS)
+    model.encoder.config._attn_implementation = implementation
+    packed.use_packed_dropout(model, implementation)
+    ids = torch.randint(1000, 2000, (3, 10))
+    other = ids.clone()
+    other[1, 7:], other[2, 4:] = 1500, 1600
+    state = rng.snapshot(CPU)
+    first = task_output(model, padded_batch(ids, [10, 7, 4]))
+    with rng.replay(state):
+        assert torch.equal(task_output(model, padded_batch(other, [10, 7, 4])), first)
+    with rng.replay(state):  # the check can fail: without the mask the padded tokens count
+        assert not torch.equal(task_output(model, padded_batch(other, [10, 10, 10])), first)
 
 
 def test_training_forwards_replay_their_masks_and_differ_from_torch_masks(tiny_model_factory):

@@ -16,9 +16,10 @@ The masks differ from torch's for the same seed: a run with packed masks is anot
 stream, not the same run faster (docs/performance.md has the speed and the dev-score check).
 
 Attention's dropout acts inside the attention function, so packed masks there need an attention
-function of their own: `packed_attention_<sdpa|eager>` runs softmax(QKᵀ·s + mask), packed dropout
-and the product with V when dropout is on, and the chosen implementation unchanged when it is off
-(evaluation, or a model without attention dropout) — evaluation is bit-identical to torch masks.
+function of their own: `packed_attention_<sdpa|eager>` runs P = softmax(QKᵀ·s + mask) in the
+scores' dtype, ((P ∘ M) V) / q, when dropout is on, and the chosen implementation unchanged when it
+is off (evaluation, or a model without attention dropout) — evaluation is bit-identical to torch
+masks. It returns P ∘ M, unscaled, as its attention weights.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import math
 import torch
 from torch import nn
 from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.models.bert.modeling_bert import eager_attention_forward
 
@@ -46,9 +48,16 @@ def uniform_halves(count: int, device: torch.device) -> torch.Tensor:
     return words.view(torch.int32)[:count].bitwise_and_(2**KEEP_BITS - 1)
 
 
-def keep_mask(shape: torch.Size, keep: float, device: torch.device) -> torch.Tensor:
-    """A boolean mask, each element True with probability keep_threshold(keep) / 2³¹."""
-    return (uniform_halves(math.prod(shape), device) < keep_threshold(keep)).view(shape)
+def keep_mask(shape: torch.Size, keep: float, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """1 where an element is kept (probability keep_threshold(keep) / 2³¹), 0 elsewhere, in `dtype`.
+
+    Built as clamp(T − u, 0, 1) in int32 (T − u ≥ 1 exactly when u < T) and converted: on a CPU a
+    boolean mask costs several times more to multiply by, or to convert, than numbers do."""
+    threshold = keep_threshold(keep)
+    if threshold >= 2**KEEP_BITS:  # keep = 1: T − u would overflow int32; every element is kept
+        return torch.ones(shape, dtype=dtype, device=device)
+    u = uniform_halves(math.prod(shape), device)
+    return torch.rsub(u, threshold).clamp_(0, 1).to(dtype).view(shape)
 
 
 def packed_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -58,9 +67,8 @@ def packed_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     if p == 1.0:
         return torch.zeros_like(x)
     keep = 1.0 - p
-    # x · (1/q) is computed in float32 and rounded once to x's dtype; where() saves only the
-    # boolean mask for the backward (1 byte an element; torch's saves the scaled mask in x's dtype).
-    return torch.where(keep_mask(x.shape, keep, x.device), x * (1.0 / keep), 0.0)
+    # x · m is exact (m is 0 or 1); · (1/q) is computed in float32 and rounded once to x's dtype.
+    return x * keep_mask(x.shape, keep, x.device, x.dtype) * (1.0 / keep)
 
 
 class PackedDropout(nn.Module):
@@ -88,25 +96,31 @@ def _attention_with_packed_dropout(off_path):
             return off_path(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
         if scaling is None:
             scaling = query.size(-1) ** -0.5
-        weights = torch.matmul(query, key.transpose(2, 3)) * scaling
-        if attention_mask is not None:
-            weights = weights + attention_mask
-        # Softmax in float32, then the probabilities in V's dtype (what the product with V reads
-        # under autocast anyway): the mask and the scaling then touch half the bytes in bf16.
-        probabilities = torch.softmax(weights, dim=-1, dtype=torch.float32).to(value.dtype)
-        probabilities = packed_dropout(probabilities, dropout, True)
-        output = torch.matmul(probabilities, value).transpose(1, 2).contiguous()
-        return output, probabilities
+        # Q·s first: the scaling on the (…, T, d) queries instead of the (…, T, T) scores, as torch's sdpa does.
+        scores = torch.matmul(query * scaling, key.transpose(2, 3))
+        if attention_mask is not None and attention_mask.dtype == torch.bool:  # sdpa's mask: True attends
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        elif attention_mask is not None:  # eager's additive mask (0 or the dtype's minimum)
+            scores = scores + attention_mask.to(scores.dtype)
+        # In the scores' dtype (bf16 under autocast): the softmax accumulates in float32 and rounds
+        # its result once, with no float32 copy of the 16 × 12 × 128 × 128 probabilities to cast.
+        probabilities = torch.softmax(scores, dim=-1)
+        kept = probabilities * keep_mask(probabilities.shape, 1.0 - dropout, probabilities.device, probabilities.dtype)
+        # (P ∘ M / q) V = ((P ∘ M) V) / q: the scaling on the 4× smaller output, not on P.
+        output = torch.matmul(kept, value) * (1.0 / (1.0 - dropout))
+        return output.transpose(1, 2).contiguous(), kept
 
     return attention
 
 
-ATTENTION_FUNCTIONS = {
-    "sdpa": ("packed_attention_sdpa", _attention_with_packed_dropout(sdpa_attention_forward)),
-    "eager": ("packed_attention_eager", _attention_with_packed_dropout(eager_attention_forward)),
+ATTENTION_FUNCTIONS = {  # name given to transformers, the attention function, the mask format it reads
+    "sdpa": ("packed_attention_sdpa", _attention_with_packed_dropout(sdpa_attention_forward), sdpa_mask),
+    "eager": ("packed_attention_eager", _attention_with_packed_dropout(eager_attention_forward), eager_mask),
 }
-for _name, _function in ATTENTION_FUNCTIONS.values():
+for _name, _function, _mask in ATTENTION_FUNCTIONS.values():
     AttentionInterface.register(_name, _function)
+    # Without a mask function of its own, transformers gives a custom attention no mask at all.
+    AttentionMaskInterface.register(_name, _mask)
 
 
 def use_packed_dropout(model: nn.Module, attn_implementation: str) -> int:
