@@ -529,3 +529,45 @@ def test_sigterm_stops_a_background_study_cleanly(tmp_path, data_root):
     for seed in (1, 2):
         record = json.loads((Job("rte", "plain", "default", seed, "", {}).folder(study.runs_dir) / RUN_RECORD).read_text())
         assert record["finished"] is False and record["attempts"] == 1  # stopped and recorded, not orphaned
+
+
+def test_a_runner_killed_outright_leaves_the_attempts_time_for_the_next_one(tmp_path, monkeypatch):
+    """study_run.json holds a running attempt's time so far (every PROGRESS_SECONDS), so the time of
+    an attempt whose runner died without recording it (a session's end, kill -9) is not lost: the
+    next attempt adds to it. Wall seconds faked by a clock the test moves."""
+    import subprocess
+    import sys
+
+    from mtsmart.recipes.study import runner
+
+    clock = [1000.0]
+    monkeypatch.setattr(runner.time, "monotonic", lambda: clock[0])
+    job = Job("rte", "plain", "default", 1, "report", {})
+    folder = job.folder(tmp_path)
+    folder.mkdir(parents=True)
+    (folder / RUN_RECORD).write_text(json.dumps({"phase": "report", "seconds": 100.0, "attempts": 1,
+                                                  "returncode": -15, "finished": False}))
+    quick = [sys.executable, "-c", "pass"]
+
+    def attempt() -> runner.Running:
+        log = open(folder / "train.log", "a", encoding="utf-8")
+        return runner.Running(job, subprocess.Popen(quick), clock[0], log, 1, None, 0, runner.previous_record(folder),
+                              noted=clock[0])
+
+    first = attempt()
+    clock[0] += runner.PROGRESS_SECONDS - 1
+    runner.note_progress(first, tmp_path)  # not yet due: nothing written
+    assert json.loads((folder / RUN_RECORD).read_text())["seconds"] == 100.0
+    clock[0] += 31  # 90 s into the attempt
+    runner.note_progress(first, tmp_path)
+    noted = json.loads((folder / RUN_RECORD).read_text())
+    assert noted == {"phase": "report", "seconds": 190.0, "attempts": 2, "returncode": None, "finished": False}
+    first.process.wait(), first.log.close()
+    clock[0] += 50  # the runner dies here without recording: the last 50 s are lost, the 90 s are not
+
+    second = attempt()  # a new runner resumes the run
+    clock[0] += 20
+    second.process.wait()
+    runner.record(second, tmp_path)
+    final = json.loads((folder / RUN_RECORD).read_text())
+    assert final["seconds"] == 210.0 and final["attempts"] == 3 and final["returncode"] == 0

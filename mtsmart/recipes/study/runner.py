@@ -33,6 +33,9 @@ from mtsmart.support.run_lock import FolderLock
 
 RUN_CONFIG = "study_config.yaml"  # the run's config as the study built it (mtsmart train reads it)
 RUN_RECORD = "study_run.json"  # wall time and exit status, summed over resumed attempts
+# A running attempt's wall time is written this often, so a runner killed outright (a session's
+# end, kill -9) leaves all but this much of it on record for the next attempt to add to.
+PROGRESS_SECONDS = 60.0
 CHECKPOINTS = stages.CHECKPOINTS
 # Under a time budget a run starts only if this many times its expected time fits in what is
 # left: 154 of smart_parts' first 155 runs took at most 1.5x the fit's time, 29 over 1.25x
@@ -50,7 +53,9 @@ class Running:
     threads: int
     robustness: Optional[tuple[str, ...]]  # `mtsmart robustness` options the run owes, or None
     log_start: int  # where this attempt's output begins in train.log (earlier attempts' is above it)
+    before: dict  # the run's record before this attempt: {"seconds": ..., "attempts": ...}
     stage: str = "train"  # the process: "train", then "robustness" when the run owes a measurement
+    noted: float = 0.0  # when this attempt's time was last written (note_progress)
 
     def owes_robustness(self, runs_dir: Path) -> bool:
         """Training finished, the robustness measurement not yet made."""
@@ -93,11 +98,13 @@ def launch(job: Job, runs_dir: Path, threads: int, robustness: Optional[tuple[st
     command = [sys.executable, "-m", "mtsmart", "train", str(folder / RUN_CONFIG)]
     if resume:
         command.append("train.resume=auto")
+    before = previous_record(folder)
     log = open(folder / "train.log", "a", encoding="utf-8")
     log_start = log.tell()
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=thread_env(threads),
                                preexec_fn=stop_with_the_runner)
-    return Running(job, process, time.monotonic(), log, threads, robustness, log_start)
+    started = time.monotonic()
+    return Running(job, process, started, log, threads, robustness, log_start, before, noted=started)
 
 
 def launch_robustness(trained: Running, runs_dir: Path) -> Running:
@@ -108,7 +115,33 @@ def launch_robustness(trained: Running, runs_dir: Path) -> Running:
     process = subprocess.Popen(command, stdout=trained.log, stderr=subprocess.STDOUT, env=thread_env(trained.threads),
                                preexec_fn=stop_with_the_runner)
     return Running(trained.job, process, trained.started, trained.log, trained.threads, trained.robustness,
-                   trained.log_start, "robustness")
+                   trained.log_start, trained.before, "robustness", trained.noted)
+
+
+def previous_record(folder: Path) -> dict:
+    """The run's wall seconds and attempts so far (its study_run.json), zero for a new run."""
+    path = folder / RUN_RECORD
+    previous = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return {"seconds": float(previous.get("seconds", 0.0)), "attempts": int(previous.get("attempts", 0))}
+
+
+def _write_record(running: Running, runs_dir: Path, returncode: Optional[int], finished: bool) -> None:
+    entry = {
+        "phase": running.job.phase,
+        "seconds": running.before["seconds"] + time.monotonic() - running.started,
+        "attempts": running.before["attempts"] + 1,
+        "returncode": returncode,
+        "finished": finished,
+    }
+    (running.job.folder(runs_dir) / RUN_RECORD).write_text(json.dumps(entry, indent=2) + "\n", encoding="utf-8")
+
+
+def note_progress(running: Running, runs_dir: Path) -> None:
+    """Writes a running attempt's time so far (returncode null, not finished) every PROGRESS_SECONDS."""
+    now = time.monotonic()
+    if now - running.noted >= PROGRESS_SECONDS:
+        _write_record(running, runs_dir, None, False)
+        running.noted = now
 
 
 def record(running: Running, runs_dir: Path, keep_checkpoints: bool = False) -> bool:
@@ -116,17 +149,8 @@ def record(running: Running, runs_dir: Path, keep_checkpoints: bool = False) -> 
     keep them (a later stage starts from them)."""
     running.log.close()
     folder = running.job.folder(runs_dir)
-    path = folder / RUN_RECORD
-    previous = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"seconds": 0.0, "attempts": 0}
     finished = is_finished(folder) and (running.robustness is None or (folder / ROBUSTNESS).is_file())
-    entry = {
-        "phase": running.job.phase,
-        "seconds": previous["seconds"] + time.monotonic() - running.started,
-        "attempts": previous["attempts"] + 1,
-        "returncode": running.process.returncode,
-        "finished": finished,
-    }
-    path.write_text(json.dumps(entry, indent=2) + "\n", encoding="utf-8")
+    _write_record(running, runs_dir, running.process.returncode, finished)
     if finished and not keep_checkpoints and (folder / CHECKPOINTS).exists():
         shutil.rmtree(folder / CHECKPOINTS)
     return finished
@@ -295,6 +319,8 @@ def _run_queue(study: Study, workers: int, threads: int, settings: Optional[list
             if not running:
                 break
             time.sleep(poll_seconds)
+            for item in [r for r in running if r.process.returncode is None]:
+                note_progress(item, study.runs_dir)
             for item in [r for r in running if r.process.poll() is not None]:
                 running.remove(item)
                 look_for_runs = True
