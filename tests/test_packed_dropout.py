@@ -244,3 +244,16 @@ def test_packed_masks_keep_the_regulariser_private(tmp_path, train_tiny):
     plain = train_tiny(tmp_path / "plain", *COMMON, "adversarial.method=none", "bregman.mu=0")
     r3f = train_tiny(tmp_path / "r3f", *COMMON, "adversarial.method=r3f", "r3f.weight=0", "r3f.init_scale=1e-2", "bregman.mu=0")
     assert same(plain, r3f)
+
+
+def test_under_bf16_autocast_the_sdpa_variant_attends_in_float32_as_torchs_math_kernel_does():
+    torch.manual_seed(6)
+    q, k, v = (3 * torch.randn(2, 3, 16, 8)).bfloat16(), (3 * torch.randn(2, 3, 16, 8)).bfloat16(), torch.randn(2, 3, 16, 8).bfloat16()
+    state = rng.snapshot(CPU)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output, _ = AttentionInterface()["packed_attention_sdpa"](_Attention(training=True), q, k, v, None, scaling=0.35, dropout=0.1)
+    with rng.replay(state):  # by hand in float32, the same draws, rounded once at the end
+        probabilities = torch.softmax(q.float() * 0.35 @ k.float().transpose(2, 3), dim=-1)
+        keep = packed.keep_mask(probabilities.shape, 0.9, CPU)
+    expected = ((probabilities * keep) @ v.float() * (1 / 0.9)).transpose(1, 2).bfloat16()
+    assert output.dtype == torch.bfloat16 and torch.equal(output, expected)

@@ -16,10 +16,12 @@ The masks differ from torch's for the same seed: a run with packed masks is anot
 stream, not the same run faster (docs/performance.md has the speed and the dev-score check).
 
 Attention's dropout acts inside the attention function, so packed masks there need an attention
-function of their own: `packed_attention_<sdpa|eager>` runs P = softmax(QKᵀ·s + mask) in the
-scores' dtype, ((P ∘ M) V) / q, when dropout is on, and the chosen implementation unchanged when it
-is off (evaluation, or a model without attention dropout) — evaluation is bit-identical to torch
-masks. It returns P ∘ M, unscaled, as its attention weights.
+function of their own: `packed_attention_<sdpa|eager>` runs P = softmax(QKᵀ·s + mask), then
+((P ∘ M) V) / q, when dropout is on — in the precision the chosen implementation computes in
+under dropout (sdpa: float32 for bf16/fp16 inputs, as torch's math kernel; eager: the inputs' dtype)
+— and the chosen implementation unchanged when it is off (evaluation, or a model without
+attention dropout): evaluation is bit-identical to torch masks. It returns P ∘ M, unscaled, as
+its attention weights.
 """
 from __future__ import annotations
 
@@ -87,35 +89,44 @@ class PackedDropout(nn.Module):
         return f"p={self.p}"
 
 
-def _attention_with_packed_dropout(off_path):
+def _attend(query, key, value, attention_mask, scaling: float, dropout: float):
+    """softmax(Q·s Kᵀ + mask) with packed dropout, times V, in the inputs' dtype (or autocast's)."""
+    # Q·s first: the scaling on the (…, T, d) queries instead of the (…, T, T) scores.
+    scores = torch.matmul(query * scaling, key.transpose(2, 3))
+    if attention_mask is not None and attention_mask.dtype == torch.bool:  # sdpa's mask: True attends
+        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+    elif attention_mask is not None:  # eager's additive mask (0 or the dtype's minimum)
+        scores = scores + attention_mask.to(scores.dtype)
+    probabilities = torch.softmax(scores, dim=-1)
+    kept = probabilities * keep_mask(probabilities.shape, 1.0 - dropout, probabilities.device, probabilities.dtype)
+    # (P ∘ M / q) V = ((P ∘ M) V) / q: the scaling on the 4× smaller output, not on P.
+    output = torch.matmul(kept, value) * (1.0 / (1.0 - dropout))
+    return output.transpose(1, 2).contiguous(), kept
+
+
+def _attention_with_packed_dropout(off_path, in_float32: bool):
     """An attention function (transformers' interface) that draws its dropout with packed masks and
-    calls `off_path` (sdpa or eager) whenever no dropout applies."""
+    calls `off_path` (sdpa or eager) whenever no dropout applies. `in_float32`: bf16/fp16 inputs are
+    attended in float32 and the output cast back, as torch's sdpa does on the path it takes while
+    dropout is on; otherwise in the inputs' dtype (under autocast, bf16 products), as transformers'
+    eager attention does."""
 
     def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
         if dropout == 0.0 or not module.training:
             return off_path(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
-        if scaling is None:
-            scaling = query.size(-1) ** -0.5
-        # Q·s first: the scaling on the (…, T, d) queries instead of the (…, T, T) scores, as torch's sdpa does.
-        scores = torch.matmul(query * scaling, key.transpose(2, 3))
-        if attention_mask is not None and attention_mask.dtype == torch.bool:  # sdpa's mask: True attends
-            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
-        elif attention_mask is not None:  # eager's additive mask (0 or the dtype's minimum)
-            scores = scores + attention_mask.to(scores.dtype)
-        # In the scores' dtype (bf16 under autocast): the softmax accumulates in float32 and rounds
-        # its result once, with no float32 copy of the 16 × 12 × 128 × 128 probabilities to cast.
-        probabilities = torch.softmax(scores, dim=-1)
-        kept = probabilities * keep_mask(probabilities.shape, 1.0 - dropout, probabilities.device, probabilities.dtype)
-        # (P ∘ M / q) V = ((P ∘ M) V) / q: the scaling on the 4× smaller output, not on P.
-        output = torch.matmul(kept, value) * (1.0 / (1.0 - dropout))
-        return output.transpose(1, 2).contiguous(), kept
+        scaling = query.size(-1) ** -0.5 if scaling is None else scaling
+        if not in_float32 or query.dtype == torch.float32:
+            return _attend(query, key, value, attention_mask, scaling, dropout)
+        with torch.autocast(device_type=query.device.type, enabled=False):
+            output, kept = _attend(query.float(), key.float(), value.float(), attention_mask, scaling, dropout)
+        return output.to(query.dtype), kept
 
     return attention
 
 
 ATTENTION_FUNCTIONS = {  # name given to transformers, the attention function, the mask format it reads
-    "sdpa": ("packed_attention_sdpa", _attention_with_packed_dropout(sdpa_attention_forward), sdpa_mask),
-    "eager": ("packed_attention_eager", _attention_with_packed_dropout(eager_attention_forward), eager_mask),
+    "sdpa": ("packed_attention_sdpa", _attention_with_packed_dropout(sdpa_attention_forward, True), sdpa_mask),
+    "eager": ("packed_attention_eager", _attention_with_packed_dropout(eager_attention_forward, False), eager_mask),
 }
 for _name, _function, _mask in ATTENTION_FUNCTIONS.values():
     AttentionInterface.register(_name, _function)
