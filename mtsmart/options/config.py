@@ -95,7 +95,7 @@ class ModelConfig:
     name_or_path: str = "minilm"  # hub id, local folder, `minilm` (packaged all-MiniLM-L6-v2) or `tiny` (random)
     tokenizer: Optional[str] = None  # tokenizer source when it differs (default: the encoder's; `minilm` for tiny)
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"  # sdpa = PyTorch's fused attention
-    dropout_masks: Literal["torch", "packed"] = "torch"  # packed: two masks per 64-bit random draw, 10-22% faster steps on a CPU; another random stream (docs/performance.md)
+    dropout_masks: Literal["torch", "packed"] = "torch"  # packed: two masks per 64-bit random draw, bf16 steps 10-17% faster on a CPU; another random stream (docs/performance.md)
     tiny_hidden_size: int = 64  # size of the `tiny` encoder
     tiny_layers: int = 2  # layers of the `tiny` encoder
     tiny_heads: int = 2  # attention heads of the `tiny` encoder
