@@ -257,3 +257,22 @@ def test_under_bf16_autocast_the_sdpa_variant_attends_in_float32_as_torchs_math_
         keep = packed.keep_mask(probabilities.shape, 0.9, CPU)
     expected = ((probabilities * keep) @ v.float() * (1 / 0.9)).transpose(1, 2).bfloat16()
     assert output.dtype == torch.bfloat16 and torch.equal(output, expected)
+
+
+def test_a_model_in_training_has_the_output_distribution_torchs_masks_give_it(tiny_model_factory):
+    # The independent reference: torch's own dropout. Over many training forwards of one padded
+    # batch (hidden, attention and head dropout, p = 0.1), each output's mean and spread with packed
+    # masks match those with torch's masks within Monte-Carlo noise.
+    reference = tiny_model_factory(SPECS)
+    model = tiny_model_factory(SPECS)
+    packed.use_packed_dropout(model, "sdpa")
+    batch = padded_batch(torch.randint(1000, 2000, (4, 12)), [12, 12, 8, 5])
+    n = 1500
+    with torch.no_grad():
+        ours = torch.stack([task_output(model, batch) for _ in range(n)]).flatten(1)
+        theirs = torch.stack([task_output(reference, batch) for _ in range(n)]).flatten(1)
+    standard_error = torch.sqrt((ours.var(0) + theirs.var(0)) / n)
+    assert torch.all((ours.mean(0) - theirs.mean(0)).abs() < 5 * standard_error)
+    variance_ratio = float(ours.var(0).mean() / theirs.var(0).mean())
+    assert 0.85 < variance_ratio < 1.15, variance_ratio  # the ratio's own noise is about ±0.04 here
+    assert float(theirs.var(0).mean()) > 0  # dropout acts: the check can see a change in spread

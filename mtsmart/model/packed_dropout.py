@@ -141,7 +141,7 @@ def use_packed_dropout(model: nn.Module, attn_implementation: str) -> int:
         raise ValueError(f"packed dropout masks: attention implementation {attn_implementation!r} is not "
                          f"one of {sorted(ATTENTION_FUNCTIONS)}")
     replaced = 0
-    for name, module in list(model.named_modules()):
+    for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if type(child) is nn.Dropout:
                 setattr(module, child_name, PackedDropout(child.p))

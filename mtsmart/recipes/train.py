@@ -128,6 +128,9 @@ class Trainer:
         model = build.build_model(cfg, self.specs, self.tokenizer, self.device)
         if cfg.model.dropout_masks == "packed":  # training's masks only: evaluation is the same either way
             use_packed_dropout(model, cfg.model.attn_implementation)
+            if self.device.type == "cuda" and self.world.is_main:
+                print("note: model.dropout_masks=packed is for CPUs; on cuda torch's fused dropout and attention "
+                      "are faster (docs/performance.md, \"Packed dropout masks\")", flush=True)
         # The pretrained weights the run starts from; a resume refuses others (issue 31).
         self.encoder_digest = build.encoder_digest(model.encoder)
         if self.resume_from is not None:
