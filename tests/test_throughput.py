@@ -335,3 +335,10 @@ def test_bench_mfu_quick_prints_the_fraction_of_the_gemm_rate_for_both_masks():
     assert {(row[1], row[2]) for row in rows} == {(p, m) for p in ("fp32", "bf16") for m in ("torch", "packed")}
     assert len(rows) == 8 and all(float(row[-4]) > 0 and row[-1].endswith("%") for row in rows)
     assert "packed / torch masks step time, 1 thread(s), bf16" in out and "bf16 speed-up over fp32" in out
+
+
+def test_check_mask_distribution_quick_prints_means_spreads_and_the_ratio():
+    out = run_script("check_mask_distribution.py", "--forwards", "20")
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] and line.split()[0].isdigit()]
+    assert len(rows) == 8 and all(len(row) == 6 for row in rows)
+    assert float(out.split("variance ratio packed / torch (mean over examples):")[1]) > 0
