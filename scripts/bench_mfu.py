@@ -3,6 +3,7 @@
     python scripts/bench_mfu.py                 # MiniLM, batch 16 × 128, fp32 and bf16, 1 and 2 threads
     python scripts/bench_mfu.py --quick         # tiny random BERT: a smoke run of the script
     python scripts/bench_mfu.py --masks torch   # torch's dropout masks only (default: torch and packed)
+    python scripts/bench_mfu.py --device cuda   # on a GPU: the same figures, timed with synchronisation
 
 Side by side in one run, per precision and thread count:
 
@@ -28,6 +29,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+import contextlib
 import copy
 
 import torch
@@ -54,7 +56,8 @@ def forward_flops(model: nn.Module, tokens: int) -> int:
 def gemm_pass(model: nn.Module, tokens: int, precision: str) -> Callable[[], None]:
     """Every linear layer once, on inputs of its shape in the step's dtype (no autograd)."""
     dtype = DTYPES[precision]
-    layers = [(torch.randn(tokens, layer.in_features, dtype=dtype), layer.weight.detach().to(dtype))
+    device = next(model.parameters()).device
+    layers = [(torch.randn(tokens, layer.in_features, dtype=dtype, device=device), layer.weight.detach().to(dtype))
               for layer in linear_layers(model)]
 
     def run() -> None:
@@ -65,16 +68,42 @@ def gemm_pass(model: nn.Module, tokens: int, precision: str) -> Callable[[], Non
     return run
 
 
+def on_device(run: Callable[[], None], precision: str, device: torch.device) -> Callable[[], None]:
+    """The variant under the precision's autocast on `device`, ending when the device has finished
+    (a GPU runs asynchronously: without the synchronisation the clock would time the launches)."""
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
+
+    def wrapped() -> None:
+        with autocast():
+            run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    return wrapped
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--threads", default=None, help="comma-separated CPU thread counts (default 1,2; CPU only)")
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--masks", default="torch,packed", help="dropout masks: torch, packed or both")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    for option, given, allowed in (("--precisions", args.precisions, DTYPES), ("--masks", args.masks, ("torch", "packed"))):
+        unknown = [value for value in given.split(",") if value not in allowed]
+        if unknown:
+            parser.error(f"{option}: unknown {unknown}; choose from {', '.join(allowed)}")
+    if args.device == "cuda" and args.threads is not None:
+        parser.error("--threads: CPU thread counts; a GPU run has none to choose")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device here")
+    device = torch.device(args.device)
+    thread_counts = [None] if device.type == "cuda" else [int(t) for t in (args.threads or "1,2").split(",")]
     step_args = argparse.Namespace(quick=args.quick, batch_size=4 if args.quick else 16, seq_len=16 if args.quick else 128)
     model, batch = bench_step.build_model_and_batch(step_args)
+    model, batch = model.to(device), batch.to(device)
     tokens = batch.input_ids.numel()
     unit = forward_flops(model, tokens)
     models = {}
@@ -89,13 +118,14 @@ def main() -> None:
         steps[("SMART K=1", masks)] = bench_step.make_step(copy_, batch, optimizer, bench_step.mtsmart_term(copy_, batch, 1))
     precisions = args.precisions.split(",")
     rows = []
-    for threads in (int(t) for t in args.threads.split(",")):
-        torch.set_num_threads(threads)
+    for threads in thread_counts:
+        if threads is not None:
+            torch.set_num_threads(threads)
         variants = {}
         for precision in precisions:
-            variants[f"gemm [{precision}]"] = gemm_pass(model, tokens, precision)
+            variants[f"gemm [{precision}]"] = on_device(gemm_pass(model, tokens, precision), precision, device)
             for (name, masks), step in steps.items():
-                variants[f"{name} [{precision}, {masks}]"] = bench_step.in_precision(step, precision)
+                variants[f"{name} [{precision}, {masks}]"] = on_device(step, precision, device)
         medians = {name: statistics.median(times) for name, times in bench_step.timed(variants, 2, args.repeats).items()}
         for precision in precisions:
             gemm_rate = unit / medians[f"gemm [{precision}]"]
@@ -103,24 +133,27 @@ def main() -> None:
                 seconds = medians[f"{name} [{precision}, {masks}]"]
                 rate = PASSES[name] * unit / seconds
                 rows.append((threads, precision, masks, name, seconds, rate, gemm_rate, rate / gemm_rate))
-    print(f"\nbatch {batch.input_ids.shape[0]} × {batch.input_ids.shape[1]} tokens; one forward through the "
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"\n{where}; batch {batch.input_ids.shape[0]} × {batch.input_ids.shape[1]} tokens; one forward through the "
           f"linear layers = {unit / 1e9:.1f} GFLOP; medians of {args.repeats} rounds")
     print(f"{'threads':>7} {'prec':>5} {'masks':>6} {'step':>10} {'step s':>8} {'GFLOP/s':>8} {'GEMM GFLOP/s':>13} {'MFU':>6}")
     for threads, precision, masks, name, seconds, rate, gemm_rate, mfu in rows:
-        print(f"{threads:>7} {precision:>5} {masks:>6} {name:>10} {seconds:>8.3f} {rate / 1e9:>8.1f} "
+        print(f"{threads or '-':>7} {precision:>5} {masks:>6} {name:>10} {seconds:>8.3f} {rate / 1e9:>8.1f} "
               f"{gemm_rate / 1e9:>13.1f} {mfu:>6.0%}")
-    for threads in sorted({row[0] for row in rows}):
+    for threads in thread_counts:
+        label = f"{threads} thread(s)" if threads is not None else where
         for masks in models:
             fp32 = {row[3]: row[4] for row in rows if row[:3] == (threads, "fp32", masks)}
             bf16 = {row[3]: row[4] for row in rows if row[:3] == (threads, "bf16", masks)}
             if fp32 and bf16:
-                print(f"bf16 speed-up over fp32, {threads} thread(s), {masks} masks: "
+                print(f"bf16 speed-up over fp32, {label}, {masks} masks: "
                       + ", ".join(f"{name} {fp32[name] / bf16[name]:.2f}×" for name in fp32))
         if len(models) > 1:
             for precision in precisions:
                 times = {(row[2], row[3]): row[4] for row in rows if row[:2] == (threads, precision)}
-                print(f"packed / torch masks step time, {threads} thread(s), {precision}: "
+                print(f"packed / torch masks step time, {label}, {precision}: "
                       + ", ".join(f"{name} {times[('packed', name)] / times[('torch', name)]:.2f}" for name in PASSES))
+
 
 if __name__ == "__main__":
     main()
