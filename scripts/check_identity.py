@@ -22,6 +22,7 @@ STEPS = 6
 # name -> overrides of scripts/configs/smoke.yaml (the current option names).
 CONFIGS = {
     "plain": ["adversarial.method=none", "bregman.mu=0"],
+    "plain_packed_masks": ["adversarial.method=none", "bregman.mu=0", "model.dropout_masks=packed"],
     "smart_paper": ["adversarial.method=smart", "bregman.mu=0", "train.precision=fp32"],
     "smart_release": ["adversarial.method=smart", "smart.update=release", "smart.input=embedding_output",
                       "smart.dropout=independent", "smart.guard=1e-6", "bregman.mu=0"],

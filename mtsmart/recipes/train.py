@@ -87,7 +87,24 @@ class Trainer:
 
     def __init__(self, cfg: Config, command_line: Optional[list[str]] = None):
         self.world, self.device = distributed.setup()
-        # Resolved before anything is compared or written: config.yaml records what ran.
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        self.resolve_settings()
+        self.check_destination()
+        # Process-wide and for the process's lifetime: glibc keeps the memory a step frees.
+        self.keeps_freed_memory = cfg.train.keep_freed_memory and keep_freed_memory()
+        seed_everything(cfg.train.seed)  # the same weights on every rank (DDP also broadcasts rank 0's)
+        self.autocast = build.autocast_factory(cfg.train.precision, self.device)
+        self.set_up_tasks()
+        self.set_up_model()
+        self.set_up_optimisation()
+        self.set_up_records(command_line)
+        distributed.barrier()
+
+    def resolve_settings(self) -> None:
+        """Precision and threads resolved before anything is compared or written (config.yaml records
+        what ran); the whole config checked."""
+        cfg = self.cfg
         cfg.train.precision, why = resolve_precision(cfg.train.precision, self.device)
         threads, threads_why = choose_threads(cfg.train.threads)
         torch.set_num_threads(threads)
@@ -95,21 +112,21 @@ class Trainer:
             print(f"precision: {cfg.train.precision} ({why})", flush=True)
             print(f"threads: {threads} ({threads_why})", flush=True)
         validate(cfg, self.world.world_size)
-        self.cfg = cfg
-        self.out = Path(cfg.output_dir)
+
+    def check_destination(self) -> None:
+        """The output folder, a resume and a warm start checked before anything is loaded or written:
+        a refusal loses nothing already in the folder."""
         if self.world.is_main:
             check_writable_dir(self.out)  # a file, or nowhere to write: said now, not after loading
-        # Refuse a bad resume before anything is loaded or written: nothing already in out is lost.
         self.resume_from = self.find_resume()
         # A fresh run's warm start (model.init_from) is checked now too; a resumed one has its weights.
-        self.warm = warm_start.source_of(cfg) if cfg.model.init_from and self.resume_from is None else None
-        # Process-wide and for the process's lifetime: glibc keeps the memory a step frees.
-        self.keeps_freed_memory = cfg.train.keep_freed_memory and keep_freed_memory()
-        seed_everything(cfg.train.seed)  # the same weights on every rank (DDP also broadcasts rank 0's)
-        self.autocast = build.autocast_factory(cfg.train.precision, self.device)
+        self.warm = warm_start.source_of(self.cfg) if self.cfg.model.init_from and self.resume_from is None else None
 
+    def set_up_tasks(self) -> None:
+        """Task specs, the regulariser (its options checked against the task types before anything
+        is loaded), tokenised data, loaders, the task sampler and the task weights."""
+        cfg = self.cfg
         self.specs = build.load_specs(cfg)
-        # Its options are checked against the task types here, before anything is loaded.
         self.adversary = build_adversary(cfg.regulariser_options(), task_types_of(self.specs))
         self.tokenizer = build.build_tokenizer(cfg)
         items = build.training_items(cfg, self.specs, self.tokenizer)
@@ -125,6 +142,11 @@ class Trainer:
         if self.world.is_main and len(self.specs) > 1:
             print("tasks: " + ", ".join(f"{task} p={p:.3f} w={self.task_weights[task]:.3g}" for task, p in
                                         zip(self.sampler.tasks, self.sampler.probabilities(0).tolist())), flush=True)
+
+    def set_up_model(self) -> None:
+        """The encoder and heads (fresh, or warm-started from model.init_from), checked against a
+        resume's encoder, wrapped for DDP; the negative-transfer diagnostics on rank 0."""
+        cfg = self.cfg
         model = build.build_model(cfg, self.specs, self.tokenizer, self.device)
         if cfg.model.dropout_masks == "packed":  # training's masks only: evaluation is the same either way
             use_packed_dropout(model, cfg.model.attn_implementation)
@@ -143,6 +165,11 @@ class Trainer:
         # Gradients are equal on every rank after averaging: rank 0 alone diagnoses and logs them.
         self.task_gradients = (TaskGradientMonitor(self.specs, cfg.train.task_gradients_every, model.encoder)
                                if cfg.train.task_gradients_every > 0 and self.world.is_main else None)
+
+    def set_up_optimisation(self) -> None:
+        """Random streams per rank, the teacher and optimizer, the objective, the train state — and
+        all of it from the checkpoint when resuming."""
+        cfg = self.cfg
         # Dropout and SMART's noise: an independent stream per rank (rank 0's is the one-process one).
         seed_everything(cfg.train.seed + self.world.rank)
         self.warmup_steps = int(cfg.train.warmup_ratio * self.total_steps)
@@ -158,13 +185,15 @@ class Trainer:
         self.state = TrainState()
         if self.resume_from is not None:
             ckpt.load(self.resume_from, self.stateful(), cfg, self.world.rank, self.world.world_size)
-        # A resumed run writes its own config, run_info and step times beside the first ones.
+
+    def set_up_records(self, command_line: Optional[list[str]]) -> None:
+        """TensorBoard, the step clock and the run's files (a resumed run writes its own config,
+        run_info and step times beside the first ones)."""
         self.files_suffix = "" if self.resume_from is None else f".resumed_step_{self.state.step}"
         self.logger = MetricLogger(self.out / "tb" if self.world.is_main else None)
-        self.step_times = StepTimes() if cfg.train.record_step_times and self.world.is_main else None
+        self.step_times = StepTimes() if self.cfg.train.record_step_times and self.world.is_main else None
         if self.world.is_main:
             self.write_run_files(command_line)
-        distributed.barrier()
 
     def find_resume(self) -> Optional[Path]:
         """The checkpoint to continue (checked against this run), or None for a fresh run."""
