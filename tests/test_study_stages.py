@@ -157,6 +157,7 @@ def test_a_view_reads_its_settings_task_from_the_multi_task_run_and_is_paired(tm
     assert metrics_by_seed(study, "rte", "mt_model", "default", [1, 2]) == pytest.approx({1: 0.50, 2: 0.60})
     report = markdown(study)
     assert "### mt" in report and "(plain does not run in this setting)" in report
+    assert "| mt | default | 2 | 60.00 ± 0.00 |" in report  # the stage's own runs, in points (once)
     # rte: mt_model − plain = (−2, +8) points, mean +3.00.
     row = next(line for line in report.splitlines() if line.startswith("| mt_model | default | 2 | 55.00"))
     assert "+3.00 [" in row

@@ -120,8 +120,8 @@ def scores_markdown(study: Study, values: dict[str, tuple[Optional[str], dict[in
     lines = [f"Report, seeds {study.report_seeds} ({study.baseline} does not run in this setting):", "",
              "| variant | grid point | n | mean ± std | best of 3 |", "|---|---|---|---|---|"]
     for variant, (point, found) in values.items():
-        ordered = [found[s] * SCALE for s in study.report_seeds if s in found]
-        summary = summarise(ordered) if ordered else None
+        ordered = [found[s] for s in study.report_seeds if s in found]
+        summary = summarise([v * SCALE for v in ordered]) if ordered else None
         best = f"{summary.best_of_3:.2f}" if summary and summary.best_of_3 is not None else "—"
         lines.append(f"| {variant} | {point or '(tuning unfinished)'} | {len(ordered)} | {_pm(ordered) if ordered else '—'} | {best} |")
     return lines + [""]
