@@ -571,3 +571,13 @@ def test_a_runner_killed_outright_leaves_the_attempts_time_for_the_next_one(tmp_
     runner.record(second, tmp_path)
     final = json.loads((folder / RUN_RECORD).read_text())
     assert final["seconds"] == 210.0 and final["attempts"] == 3 and final["returncode"] == 0
+
+
+def test_the_time_to_go_says_how_many_runs_left_are_timed_by_runs_like_them():
+    from mtsmart.recipes.study.runner import _estimate
+
+    observed = {("rte", "plain"): [3600.0]}
+    # (rte, plain) at its run's hour; (mrpc, smart) has no run like it: the fit gives it the mean terms (1 h).
+    text = _estimate(observed, [("rte", "plain"), ("rte", "plain"), ("mrpc", "smart")], [], workers=3)
+    assert text == ", about 1.0 h more (2 of the 3 runs left timed by runs like them)"
+    assert _estimate(observed, [], [], workers=2) == ""

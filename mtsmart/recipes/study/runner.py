@@ -386,13 +386,16 @@ def finished_run_seconds(study: Study) -> dict[Cell, list[float]]:
 
 def _estimate(observed: dict[Cell, list[float]], pending: list[Cell], running: list[Running], workers: int) -> str:
     """A rough time to go (mtsmart.recipes.study.run_times): each run left at what the finished runs
-    (`observed`) say its setting and variant cost, `workers` at a time."""
+    (`observed`) say its setting and variant cost, `workers` at a time; with how many of the runs
+    left are in a setting × variant that has a finished run (the others are extrapolated)."""
     if not pending and not running:
         return ""
     now = time.monotonic()
-    hours = hours_to_go(observed, pending,
-                        [((r.job.setting, r.job.variant), now - r.started) for r in running], workers)
-    return "" if hours is None else f", about {hours:.1f} h more"
+    cells = pending + [(r.job.setting, r.job.variant) for r in running]
+    hours = hours_to_go(observed, pending, [(cell, now - r.started) for cell, r in zip(cells[len(pending):], running)],
+                        workers)
+    timed = sum(cell in observed for cell in cells)
+    return "" if hours is None else f", about {hours:.1f} h more ({timed} of the {len(cells)} runs left timed by runs like them)"
 
 
 def _name(job: Job) -> str:
