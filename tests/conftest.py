@@ -71,3 +71,16 @@ def one_intra_op_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    """The weights of a run's latest step checkpoint."""
+    from safetensors.torch import load_file
+
+    return load_file(str(sorted((run / "checkpoints").glob("step_*"))[-1] / "model.safetensors"))
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    """Two runs ended with bit-identical weights."""
+    first, second = final_weights(a), final_weights(b)
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)

@@ -11,6 +11,7 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.models.bert.modeling_bert import eager_attention_forward
 
+from conftest import same_weights
 from mtsmart.arithmetic import rng
 from mtsmart.model import packed_dropout as packed
 from mtsmart.model.multitask import task_output
@@ -217,33 +218,23 @@ def test_an_unknown_attention_implementation_is_refused(tiny_model_factory):
 COMMON = ("tasks=[rte,stsb]", "train.max_steps=6", "eval.max_examples=16", "model.dropout_masks=packed")
 
 
-def weights(run):
-    from safetensors.torch import load_file
-    return load_file(str(sorted((run / "checkpoints").glob("step_*"))[-1] / "model.safetensors"))
-
-
-def same(a, b) -> bool:
-    first, second = weights(a), weights(b)
-    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
-
-
 def test_a_packed_run_with_smart_and_a_teacher_resumes_exactly(tmp_path, train_tiny):
     method = ["adversarial.method=smart", "smart.update=release", "bregman.mu=1", "bregman.teacher_dropout=true",
               "train.save_every_steps=1"]
     straight = train_tiny(tmp_path / "straight", *COMMON, *method)
     resumed = train_tiny(tmp_path / "resumed", *COMMON, *method, "train.stop_after_steps=3")
     train_tiny(resumed, *COMMON, *method, "train.resume=auto")
-    assert same(straight, resumed)
+    assert same_weights(straight, resumed)
     assert "dropout_masks: packed" in (straight / "config.yaml").read_text()
     # The same run with torch's masks is another random stream.
     torch_masks = train_tiny(tmp_path / "torch", *COMMON[:-1], *method)
-    assert not same(straight, torch_masks)
+    assert not same_weights(straight, torch_masks)
 
 
 def test_packed_masks_keep_the_regulariser_private(tmp_path, train_tiny):
     plain = train_tiny(tmp_path / "plain", *COMMON, "adversarial.method=none", "bregman.mu=0")
     r3f = train_tiny(tmp_path / "r3f", *COMMON, "adversarial.method=r3f", "r3f.weight=0", "r3f.init_scale=1e-2", "bregman.mu=0")
-    assert same(plain, r3f)
+    assert same_weights(plain, r3f)
 
 
 def test_under_bf16_autocast_the_sdpa_variant_attends_in_float32_as_torchs_math_kernel_does():

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
+from conftest import same_weights
 from mtsmart.arithmetic.rng import PrivateStream
 
 CPU = torch.device("cpu")
@@ -39,15 +39,6 @@ def test_the_stream_round_trips_through_its_state():
     restored.load_state_dict(saved)
     with restored.active(CPU):
         assert torch.equal(torch.rand(3), expected)
-
-
-def final_weights(run: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(sorted((run / "checkpoints").glob("step_*"))[-1] / "model.safetensors"))
-
-
-def same_weights(a: Path, b: Path) -> bool:
-    first, second = final_weights(a), final_weights(b)
-    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
 COMMON = ("tasks=[rte,stsb]", "train.max_steps=6", "eval.max_examples=16", "bregman.mu=0")

@@ -391,9 +391,9 @@ def _estimate(observed: dict[Cell, list[float]], pending: list[Cell], running: l
     if not pending and not running:
         return ""
     now = time.monotonic()
-    cells = pending + [(r.job.setting, r.job.variant) for r in running]
-    hours = hours_to_go(observed, pending, [(cell, now - r.started) for cell, r in zip(cells[len(pending):], running)],
-                        workers)
+    elapsed = [((r.job.setting, r.job.variant), now - r.started) for r in running]
+    hours = hours_to_go(observed, pending, elapsed, workers)
+    cells = pending + [cell for cell, _ in elapsed]
     timed = sum(cell in observed for cell in cells)
     return "" if hours is None else f", about {hours:.1f} h more ({timed} of the {len(cells)} runs left timed by runs like them)"
 
