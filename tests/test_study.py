@@ -394,6 +394,14 @@ def test_the_cli_refuses_unknown_settings_in_one_line(tmp_path, capsys, given, w
     assert f"--settings: {words}; the study has ['rte']" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("given, words", [("nope", "unknown variant 'nope'"), (",", "no variant given")])
+def test_the_cli_refuses_unknown_variants_in_one_line(tmp_path, capsys, given, words):
+    assert main(["study", str(write_study(tmp_path)), "--variants", given]) == 2
+    err = capsys.readouterr().err
+    assert f"--variants: {words}; the study has ['plain', 'rdrop']" in err and "Traceback" not in err
+    assert not (tmp_path / "study" / "runs").exists()
+
+
 # --------------------------------------------------------------------------- end to end
 
 

@@ -13,7 +13,7 @@ from mtsmart.cli import main
 from mtsmart.recipes.study import stages
 from mtsmart.recipes.study.report import markdown
 from mtsmart.recipes.study.results import metrics_by_seed
-from mtsmart.recipes.study.runner import Queue, drop_finished_checkpoints
+from mtsmart.recipes.study.runner import Queue, drop_finished_checkpoints, with_sources
 from mtsmart.recipes.study.spec import Job, StudyError, load_study
 from test_study import TINY_BASE as STUDY_TINY_BASE
 
@@ -101,6 +101,22 @@ def test_a_later_stage_waits_for_its_source_run_and_starts_from_its_folder(tmp_p
     assert job.overrides["model"]["init_from"] == str(source) and job.overrides["model"]["init_heads"] == "carry"
     rest = handed(queue)
     assert rest[0] == ("mrpc", "mtdnn", 1) and ("rte", "mtdnn", 2) not in rest  # seed 2's source has not run
+
+
+def test_variants_limit_the_queue_to_them_and_their_sources(tmp_path):
+    study = load_study(write_study(tmp_path))
+    assert handed(Queue(study, variants=["plain"])) == [(s, "plain", seed) for s in ("rte", "mrpc") for seed in (1, 2)]
+    # mtdnn's runs start from mt's, and mt_model reads them: mt joins both, plain stays out.
+    assert stages_needed(study, ["mtdnn"]) == stages_needed(study, ["mt_model"]) == ["mt"]
+    first = handed(Queue(study, variants=["mtdnn"]))
+    assert first == [("mt", "mt", 1), ("mt", "mt", 2)]  # mtdnn waits for them
+    finish(study, "mt", "mt", 1, {"avg": 0.6}, weights=True)
+    assert handed(Queue(study, variants=["mtdnn"])) == [("rte", "mtdnn", 1), ("mrpc", "mtdnn", 1), ("mt", "mt", 2)]
+
+
+def stages_needed(study, variants: list[str]) -> list[str]:
+    """The variants a selection adds: its sources."""
+    return [v for v in with_sources(study, variants) if v not in variants]
 
 
 def test_a_source_whose_weights_are_gone_is_handed_out_again_once(tmp_path):

@@ -1,10 +1,11 @@
-"""`mtsmart study STUDY.yaml [--workers N] [--threads T] [--settings A,B] [--stop-after-failures K]
-[--hours H] [--report-only]`: run a study, then write its report (docs/study.md)."""
+"""`mtsmart study STUDY.yaml [--workers N] [--threads T] [--settings A,B] [--variants A,B]
+[--stop-after-failures K] [--hours H] [--report-only]`: run a study, then write its report (docs/study.md)."""
 from __future__ import annotations
 
 import argparse
 import math
 import signal
+from typing import Optional
 
 from mtsmart.recipes.study.spec import StudyError, load_study
 
@@ -17,6 +18,10 @@ def add_parser(commands) -> None:
     parser.add_argument("--settings", default=None,
                         help="comma-separated settings to run (default all); the report covers every setting. "
                              "Machines can share a study by setting: their run folders never overlap")
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated variants to run (default all), with the variants their runs start "
+                             "from or read; the report covers every variant. Answers one question first: "
+                             "the others' runs wait for a later invocation")
     parser.add_argument("--stop-after-failures", type=int, default=3, metavar="K",
                         help="start no more runs once K runs in a row have failed (default 3): a cause they "
                              "share, such as data that cannot be found, would fail every run in turn")
@@ -28,31 +33,44 @@ def add_parser(commands) -> None:
     parser.set_defaults(handler=run)
 
 
+def _names(given: Optional[str], flag: str, kind: str, known: list[str]) -> Optional[list[str]]:
+    """A comma-separated selection of the study's settings or variants (None: all of them)."""
+    if given is None:
+        return None
+    names = [name.strip() for name in given.split(",") if name.strip()]
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise StudyError(f"{flag}: {f'unknown {kind} {unknown[0]!r}' if unknown else f'no {kind} given'}; "
+                         f"the study has {known}")
+    return names
+
+
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
 def run(args: argparse.Namespace) -> int:
     from mtsmart.recipes.study.report import write_report
-    from mtsmart.recipes.study.runner import run_study
+    from mtsmart.recipes.study.runner import run_study, with_sources
 
     if args.workers < 1 or args.threads < 1 or args.stop_after_failures < 1:
         raise StudyError("--workers, --threads and --stop-after-failures must be at least 1")
     if args.hours is not None and not (math.isfinite(args.hours) and args.hours > 0):
         raise StudyError(f"--hours must be a positive number of hours, not {args.hours}")
     study = load_study(args.study)
-    settings = None if args.settings is None else [name.strip() for name in args.settings.split(",") if name.strip()]
-    unknown = [name for name in settings or [] if name not in study.settings]
-    if unknown or settings == []:
-        raise StudyError(f"--settings: {'unknown setting ' + repr(unknown[0]) if unknown else 'no setting given'}; "
-                         f"the study has {list(study.settings)}")
+    settings = _names(args.settings, "--settings", "setting", list(study.settings))
+    variants = _names(args.variants, "--variants", "variant", list(study.variants))
+    if variants is not None:
+        added = [v for v in with_sources(study, variants) if v not in variants]
+        if added:
+            print(f"--variants: also {', '.join(added)}: the runs of {', '.join(variants)} start from or read theirs")
     # `kill` (SIGTERM) stops a study run in the background (where SIGINT is ignored) the same
     # clean way as Ctrl-C: the children stop and resume from their checkpoints next time.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         outcome = None if args.report_only else run_study(
             study, args.workers, args.threads, settings, stop_after_failures=args.stop_after_failures,
-            hours=args.hours)
+            hours=args.hours, variants=variants)
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to continue (finished runs are kept, the others resume)")
         return 130

@@ -171,16 +171,30 @@ def drop_finished_checkpoints(study: Study) -> None:
             shutil.rmtree(folder / CHECKPOINTS)
 
 
-class Queue:
-    """The study's runs (of `settings`, default all) in priority order; report runs appear once
-    their point is chosen."""
+def with_sources(study: Study, variants: list[str]) -> list[str]:
+    """`variants` and the variants their runs start from or read (`init_from`, `scores_of`), in
+    file order: a stage's runs cannot run without its source's."""
+    needed = set(variants)
+    for variant in variants:
+        source = study.init_from.get(variant) or study.scores_of.get(variant)
+        if source is not None:
+            needed.add(source.variant)
+    return [v for v in study.variants if v in needed]
 
-    def __init__(self, study: Study, settings: Optional[list[str]] = None):
+
+class Queue:
+    """The study's runs (of `settings` and `variants`, default all; a variant's sources join it)
+    in priority order; report runs appear once their point is chosen."""
+
+    def __init__(self, study: Study, settings: Optional[list[str]] = None, variants: Optional[list[str]] = None):
         self.study = study
         self.settings = list(study.settings) if settings is None else settings
+        chosen = set(study.variants if variants is None else with_sources(study, variants))
         drop_finished_checkpoints(study)
-        self.tune = {s: [j for j in study.tune_jobs(s) if not is_finished(j.folder(study.runs_dir))] for s in self.settings}
-        self.report = {s: [(v, seed) for v in study.variants_in(s) if study.trains(v) for seed in study.report_seeds]
+        self.tune = {s: [j for j in study.tune_jobs(s) if j.variant in chosen and not is_finished(j.folder(study.runs_dir))]
+                     for s in self.settings}
+        self.report = {s: [(v, seed) for v in study.variants_in(s) if study.trains(v) and v in chosen
+                           for seed in study.report_seeds]
                        for s in self.settings}
         self.reruns: set[Path] = set()  # source runs handed out to be trained again (each once per invocation)
 
@@ -278,9 +292,11 @@ class TimeBudget:
 def run_study(
     study: Study, workers: int, threads: int, settings: Optional[list[str]] = None,
     stop_after_failures: int = 3, poll_seconds: float = 2.0, hours: Optional[float] = None,
+    variants: Optional[list[str]] = None,
 ) -> Outcome:
     """Runs every unfinished run (of `settings`, default all: machines can share a study by
-    setting, their run folders never overlap). After `stop_after_failures` runs in a row fail —
+    setting, their run folders never overlap; of `variants` and their sources, default all: the
+    order of a study's questions is the user's). After `stop_after_failures` runs in a row fail —
     a cause every run shares, such as data that cannot be found, would otherwise fail the whole
     queue one run at a time — it starts no more, lets the running ones end, and says why. With
     `hours`, it starts only runs expected to end within that many hours (TimeBudget) and ends
@@ -289,12 +305,13 @@ def run_study(
     with contextlib.ExitStack() as locks:  # one runner per setting: a second one stops in one line
         for setting in sorted(settings if settings is not None else study.settings):
             locks.enter_context(FolderLock(study.runs_dir / setting, f"study {study.name}'s setting folder"))
-        return _run_queue(study, workers, threads, settings, stop_after_failures, poll_seconds, hours)
+        return _run_queue(study, workers, threads, Queue(study, settings, variants), stop_after_failures,
+                          poll_seconds, hours)
 
 
-def _run_queue(study: Study, workers: int, threads: int, settings: Optional[list[str]], stop_after_failures: int,
+def _run_queue(study: Study, workers: int, threads: int, queue: Queue, stop_after_failures: int,
                poll_seconds: float, hours: Optional[float]) -> Outcome:
-    queue, running, failed = Queue(study, settings), [], []
+    running, failed = [], []
     budget = None if hours is None else TimeBudget(study, hours)
     fits = (lambda job: True) if budget is None else budget.fits
     failures_in_a_row, stopped = 0, None
