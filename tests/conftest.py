@@ -73,11 +73,16 @@ def one_intra_op_thread():
     torch.set_num_threads(previous)
 
 
+def last_step_checkpoint(run: Path) -> Path:
+    """A run's latest step checkpoint folder."""
+    return sorted((run / "checkpoints").glob("step_*"))[-1]
+
+
 def final_weights(run: Path) -> dict[str, torch.Tensor]:
     """The weights of a run's latest step checkpoint."""
     from safetensors.torch import load_file
 
-    return load_file(str(sorted((run / "checkpoints").glob("step_*"))[-1] / "model.safetensors"))
+    return load_file(str(last_step_checkpoint(run) / "model.safetensors"))
 
 
 def same_weights(a: Path, b: Path) -> bool:

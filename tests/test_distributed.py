@@ -29,6 +29,8 @@ from mtsmart.components.evaluate import metrics_of, predict
 from mtsmart.tasks.spec import DEFAULT_TASKS_DIR, load_task_spec
 from mtsmart.tasks.types import task_type_of
 
+from conftest import last_step_checkpoint
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -78,10 +80,6 @@ def run(args: list[str], data_root: Path, nproc: int) -> None:
     assert result.returncode == 0, result.stderr[-4000:]
 
 
-def last_checkpoint(out: Path) -> Path:
-    return sorted((out / "checkpoints").glob("step_*"))[-1]
-
-
 def assert_close_tensors(a: dict, b: dict, atol: float) -> None:
     assert a.keys() == b.keys()
     for key in a:
@@ -92,7 +90,7 @@ def test_two_ranks_equal_one_process_and_resume(tmp_path, data_root, no_dropout)
     one, two, resumed = tmp_path / "one", tmp_path / "two", tmp_path / "resumed"
     run(args_for(no_dropout, one), data_root, nproc=1)
     run(args_for(no_dropout, two), data_root, nproc=2)
-    a, b = last_checkpoint(one), last_checkpoint(two)
+    a, b = last_step_checkpoint(one), last_step_checkpoint(two)
     assert a.name == b.name == "step_00000004"
     weights_one, weights_two = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
     assert_close_tensors(weights_one, weights_two, atol=1e-5)
@@ -116,7 +114,7 @@ def test_two_ranks_equal_one_process_and_resume(tmp_path, data_root, no_dropout)
     # DDP resume: 2 ranks stop at step 2, a new torchrun continues; bitwise the straight 2-rank run.
     run([*args_for(no_dropout, resumed), "train.stop_after_steps=2"], data_root, nproc=2)
     run([*args_for(no_dropout, resumed), "train.resume=auto"], data_root, nproc=2)
-    c = last_checkpoint(resumed)
+    c = last_step_checkpoint(resumed)
     weights_resumed = load_file(str(c / "model.safetensors"))
     for key in weights_two:
         assert torch.equal(weights_two[key], weights_resumed[key]), key

@@ -15,6 +15,8 @@ import torch
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from conftest import last_step_checkpoint
+
 REPO = Path(__file__).resolve().parents[1]
 
 # A tiny run over one task of each of two types, with SMART and Bregman on (the defaults).
@@ -49,10 +51,6 @@ def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
     events = EventAccumulator(str(run / "tb"))
     events.Reload()
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
-
-
-def final_checkpoint(run: Path) -> Path:
-    return sorted((run / "checkpoints").glob("step_*"))[-1]
 
 
 def assert_same_state(a: Path, b: Path) -> None:
@@ -166,10 +164,10 @@ def test_resume_in_a_fresh_process_is_exact(tmp_path, data_root):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     ok(run_mtsmart([*TINY, f"output_dir={straight}"], data_root))
     ok(run_mtsmart([*TINY, f"output_dir={resumed}", "train.stop_after_steps=4"], data_root))
-    assert final_checkpoint(resumed).name == "step_00000004"
+    assert last_step_checkpoint(resumed).name == "step_00000004"
     ok(run_mtsmart([*TINY, f"output_dir={resumed}", "train.resume=auto"], data_root))
-    assert_same_state(final_checkpoint(straight), final_checkpoint(resumed))
-    assert_states_differ(resumed / "checkpoints" / "step_00000004", final_checkpoint(resumed))  # step 8
+    assert_same_state(last_step_checkpoint(straight), last_step_checkpoint(resumed))
+    assert_states_differ(resumed / "checkpoints" / "step_00000004", last_step_checkpoint(resumed))  # step 8
     assert json.loads((straight / "results.json").read_text()) == json.loads((resumed / "results.json").read_text())
 
 
@@ -196,7 +194,7 @@ def test_resume_after_kill_9(tmp_path, data_root):
     process.wait()
     assert not (killed / "results.json").exists(), "the run finished before it could be killed"
     ok(run_mtsmart([*args, f"output_dir={killed}", "train.resume=auto"], data_root))
-    assert_same_state(final_checkpoint(straight), final_checkpoint(killed))
+    assert_same_state(last_step_checkpoint(straight), last_step_checkpoint(killed))
     assert json.loads((straight / "results.json").read_text()) == json.loads((killed / "results.json").read_text())
 
 

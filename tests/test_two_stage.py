@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from mtsmart.cli import main
 from mtsmart.components.build import build_model, build_tokenizer, load_specs
 from mtsmart.components.warm_start import source_of, warm_start
 from mtsmart.options.config import ConfigError, load_config
-from conftest import TINY_TRAIN_ARGS
+from conftest import TINY_TRAIN_ARGS, final_weights, last_step_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +27,6 @@ def config(*overrides: str):
     return load_config(None, [*TINY_TRAIN_ARGS, *overrides])
 
 
-def last_weights(run: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(sorted((run / "checkpoints").glob("step_*"))[-1] / "model.safetensors"))
-
-
 @pytest.mark.parametrize("heads", ["new", "carry"])
 def test_the_encoder_is_the_source_s_and_the_heads_new_or_carried(source, heads):
     cfg = config("tasks=[rte]", f"model.init_from={source}", f"model.init_heads={heads}")
@@ -40,7 +35,7 @@ def test_the_encoder_is_the_source_s_and_the_heads_new_or_carried(source, heads)
     model = build_model(cfg, specs, build_tokenizer(cfg), torch.device("cpu"))
     fresh_head = {k: v.clone() for k, v in model.heads["rte"].state_dict().items()}
     origins = warm_start(model, cfg, source_of(cfg))
-    saved = last_weights(source)
+    saved = final_weights(source)
     for key, value in model.encoder.state_dict().items():
         assert torch.equal(value, saved[f"encoder.{key}"]), key
     expected = {k: saved[f"heads.rte.{k}"] for k in fresh_head} if heads == "carry" else fresh_head
@@ -55,7 +50,7 @@ def test_a_task_the_source_did_not_train_gets_a_new_head(source):
 
 
 def test_a_checkpoint_folder_can_be_named_directly(source):
-    checkpoint = sorted((source / "checkpoints").glob("step_*"))[-1]
+    checkpoint = last_step_checkpoint(source)
     assert source_of(config(f"model.init_from={checkpoint}")).checkpoint == checkpoint
     task_best = next((source / "checkpoints" / "best_per_task").glob("step_*"))  # two folders below the run
     assert source_of(config(f"model.init_from={task_best}")).run.resolve() == source.resolve()
