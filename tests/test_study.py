@@ -9,10 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from scipy import stats as scipy_stats
 
 from mtsmart.cli import main
 from mtsmart.recipes.study.report import _ratio, family_level, plot_panels, shared_half_width
-from mtsmart.recipes.study.results import PairedDifference, chosen_point, paired_difference, paired_ratio, pooled_difference, summarise
+from mtsmart.recipes.study.results import (
+    PairedDifference, chosen_point, detectable_difference, metrics_by_seed, paired_difference, paired_ratio,
+    pooled_difference, summarise,
+)
 from mtsmart.recipes.study.run_times import fit_run_times, hours_to_go
 from mtsmart.recipes.study.runner import RUN_RECORD, TIME_MARGIN, Queue, TimeBudget, last_error_line
 from mtsmart.recipes.study.spec import Job, StudyError, load_study
@@ -63,6 +67,26 @@ def test_paired_difference_is_the_t_interval_of_the_seed_differences():
     assert d.mean == pytest.approx(mean)
     assert (d.low, d.high) == (pytest.approx(mean - half), pytest.approx(mean + half))
     assert paired_difference({1: 0.5}, {1: 0.4}) is None  # one pair: no interval
+
+
+@pytest.mark.parametrize("n", [5, 20])
+def test_the_detectable_difference_is_detected_four_times_in_five(n):
+    """A naive reference: simulate the t-test on normal differences with the pairs' own sd and the
+    computed effect as the true mean, and count how often the 95% interval excludes 0."""
+    rng = np.random.default_rng(n)
+    reference = {seed: 0.0 for seed in range(n)}
+    values = dict(enumerate(rng.normal(0.3, 1.7, n)))
+    effect = detectable_difference(values, reference)
+    sd = float(np.std(list(values.values()), ddof=1))
+    draws = rng.normal(effect, sd, (40_000, n))
+    t = draws.mean(axis=1) / (draws.std(axis=1, ddof=1) / math.sqrt(n))
+    detected = np.mean(np.abs(t) > scipy_stats.t.ppf(0.975, n - 1))
+    assert detected == pytest.approx(0.80, abs=0.01)
+    # The textbook shortcut (t quantiles for 97.5% and 80%) lands near it.
+    shortcut = (scipy_stats.t.ppf(0.975, n - 1) + scipy_stats.t.ppf(0.8, n - 1)) * sd / math.sqrt(n)
+    assert effect == pytest.approx(shortcut, rel=0.06)
+    assert detectable_difference({1: 0.5}, {1: 0.4}) is None
+    assert detectable_difference({1: 0.5, 2: 0.6}, {1: 0.4, 2: 0.5}) == 0.0  # no spread
 
 
 def t4_quantile(p: float) -> float:
@@ -432,6 +456,9 @@ def test_a_tiny_study_runs_reports_and_continues(tmp_path, data_root, monkeypatc
     assert "### Smoothness after training (rte" in report and "| plain | rte | 0.01 | 2 |" in report
     assert "| plain | default | 2 |" in report and f"| rdrop | {point} | 2 |" in report
     assert "Bonferroni over the setting's m = 1 comparison (" in report  # rdrop vs plain: the plain 95% interval
+    rdrop, plain = (metrics_by_seed(study, "rte", v, p, [2, 3]) for v, p in [("rdrop", point), ("plain", "default")])
+    scaled = [{k: 100 * v for k, v in found.items()} for found in (rdrop, plain)]
+    assert f"| {detectable_difference(*scaled):.2f} |" in report.split(f"| rdrop | {point} | 2 |")[1].splitlines()[0]
     assert "Runs done: 6 of 6." in report  # 2 rdrop tune runs (one seed, two points) + 2 variants × 2 report seeds
     assert (study.output_dir / "report.png").stat().st_size > 1000
 

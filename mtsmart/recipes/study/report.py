@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from mtsmart.recipes.study.results import (
-    PairedDifference, chosen_point, metrics_by_seed, paired_difference, paired_ratio, pooled_difference, summarise,
+    PairedDifference, chosen_point, detectable_difference, metrics_by_seed, paired_difference, paired_ratio, pooled_difference, summarise,
 )
 from mtsmart.recipes.study.results import is_done
 from mtsmart.recipes.study.runner import RUN_RECORD
@@ -19,6 +19,7 @@ from mtsmart.recipes.study.spec import Job, Study
 
 SCALE = 100.0  # metrics are shown in points
 LEVEL = 0.95  # each paired interval's confidence level
+POWER = 0.8  # of the smallest detectable difference shown beside each interval
 
 
 def family_level(comparisons: int) -> float:
@@ -45,6 +46,12 @@ def _difference_cell(d: Optional[PairedDifference]) -> str:
 
 def _interval(values: dict[int, float], reference: dict[int, float], level: float = LEVEL) -> str:
     return _difference_cell(paired_difference(_scaled(values), _scaled(reference), level))
+
+
+def _detectable(values: dict[int, float], reference: dict[int, float]) -> str:
+    """The smallest difference these pairs detect with 80% power at two-sided 95%; — without one."""
+    effect = detectable_difference(_scaled(values), _scaled(reference), LEVEL, POWER)
+    return "—" if effect is None else f"{effect:.2f}"
 
 
 def _minutes(study: Study, setting: str, variant: str, point: str, seeds: list[int]) -> float:
@@ -88,13 +95,15 @@ def setting_markdown(study: Study, setting: str) -> tuple[list[str], float]:
     lines += [f"Report, seeds {study.report_seeds}; Δ = seed-paired difference to {study.baseline} with its 95% "
               f"t-interval (**+** / **−**: the interval excludes 0); beside it the same difference's interval at "
               f"{100 * level:.2f}%, Bonferroni over the setting's m = {comparisons} comparison"
-              f"{'s' if comparisons > 1 else ''} (all of them hold together at 95%):", "",
+              f"{'s' if comparisons > 1 else ''} (all of them hold together at 95%); \"detects\" is the smallest true "
+              f"difference these seed pairs, with their spread, detect with {100 * POWER:.0f}% power at two-sided 95% — "
+              f"what a null could have seen:", "",
               "| variant | grid point | n | mean ± std | best of 3 | Δ vs " + study.baseline + " [95% CI] "
-              f"| Δ [Bonferroni, m = {comparisons}] | min / run |",
-              "|---|---|---|---|---|---|---|---|"]
+              f"| detects | Δ [Bonferroni, m = {comparisons}] | min / run |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for variant, (point, found) in values.items():
         if point is None:
-            lines.append(f"| {variant} | (tuning unfinished) | 0 | — | — | — | — | — |")
+            lines.append(f"| {variant} | (tuning unfinished) | 0 | — | — | — | — | — | — |")
             continue
         run_minutes = _minutes(study, setting, variant, point, study.report_seeds)
         minutes += run_minutes
@@ -103,13 +112,15 @@ def setting_markdown(study: Study, setting: str) -> tuple[list[str], float]:
         best = f"{summary.best_of_3:.2f}" if summary and summary.best_of_3 is not None else "—"
         is_baseline = variant == study.baseline
         delta = "(baseline)" if is_baseline else _interval(found, baseline)
+        detects = "" if is_baseline else _detectable(found, baseline)
         adjusted = "" if is_baseline else _interval(found, baseline, level)
         per_run = f"{run_minutes / len(found):.1f}" if found else "—"
         lines.append(f"| {variant} | {point} | {len(found)} | {_pm(ordered) if ordered else '—'} | {best} | {delta} "
-                     f"| {adjusted} | {per_run} |")
+                     f"| {detects} | {adjusted} | {per_run} |")
     for variant, reference in [pair for pair in study.comparisons if set(pair) <= set(values)]:
         pair = values[variant][1], values[reference][1]
-        lines.append(f"| {variant} − {reference} | | | | | {_interval(*pair)} | {_interval(*pair, level=level)} | |")
+        lines.append(f"| {variant} − {reference} | | | | | {_interval(*pair)} | {_detectable(*pair)} "
+                     f"| {_interval(*pair, level=level)} | |")
     lines.append("")
     return lines + per_seed_markdown(study, values), minutes
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from scipy import optimize as scipy_optimize
 from scipy import stats as scipy_stats
 
 from mtsmart.recipes.study.spec import Job, Study
@@ -127,6 +128,34 @@ def paired_difference(values: dict[int, float], reference: dict[int, float], lev
     sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
     half = scipy_stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
     return PairedDifference(n, mean, mean - half, mean + half)
+
+
+def detectable_difference(values: dict[int, float], reference: dict[int, float], level: float = 0.95,
+                          power: float = 0.8) -> Optional[float]:
+    """The smallest true mean difference that a seed-paired t-test on as many pairs, with the spread
+    of these pairs' differences, detects (two-sided, at `level`) with probability `power`: what a
+    null result on these seeds could have seen. Exact for normal differences: power is computed
+    from the noncentral t distribution (ncp = δ·√n / sd) and solved for δ. None under 2 pairs."""
+    seeds = sorted(set(values) & set(reference))
+    if len(seeds) < 2:
+        return None
+    diffs = [values[s] - reference[s] for s in seeds]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    if sd == 0:
+        return 0.0
+    critical = scipy_stats.t.ppf(0.5 + level / 2, n - 1)
+
+    def power_at(effect: float) -> float:
+        shift = effect * math.sqrt(n) / sd
+        wrong_side = scipy_stats.nct.cdf(-critical, n - 1, shift)  # NaN where it underflows (large shifts)
+        return scipy_stats.nct.sf(critical, n - 1, shift) + (0.0 if math.isnan(wrong_side) else wrong_side)
+
+    high = sd
+    while power_at(high) < power:
+        high *= 2
+    return scipy_optimize.brentq(lambda effect: power_at(effect) - power, 0.0, high, xtol=sd * 1e-9)
 
 
 @dataclass
