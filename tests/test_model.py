@@ -70,3 +70,21 @@ def test_forward_is_keyword_only_and_needs_exactly_one_input():
     with pytest.raises(ValueError, match="exactly one"):
         model(task="cls", attention_mask=batch.attention_mask, input_ids=batch.input_ids,
               inputs_embeds=model.word_embeddings(batch.input_ids))
+
+
+@pytest.mark.parametrize("stored", [torch.float16, torch.bfloat16])
+def test_an_encoder_stored_in_half_precision_trains_float32_weights(tmp_path, stored):
+    """train.precision is the compute dtype; the weights AdamW updates are float32 whatever the
+    checkpoint's dtype (transformers 5 would load them in the stored one)."""
+    from transformers import BertModel
+
+    from mtsmart.model.multitask import load_encoder, tiny_bert_config
+
+    torch.manual_seed(0)
+    saved = BertModel(tiny_bert_config(100, 32, 2, 2), add_pooling_layer=False).to(stored)
+    saved.save_pretrained(tmp_path)
+    encoder = load_encoder(str(tmp_path), 100)
+    weights = dict(encoder.named_parameters())
+    assert {p.dtype for p in weights.values()} == {torch.float32}
+    for name, value in saved.named_parameters():
+        assert torch.equal(weights[name], value.float()), name  # the stored values, cast exactly

@@ -203,6 +203,10 @@ def load_encoder(
     path = resolve_pretrained_path(name_or_path)
     config = from_pretrained(AutoConfig, path, "config")
     encoder = from_pretrained(AutoModel, path, "weights", config=config, attn_implementation=attn_implementation)
+    # Weights train in float32, and train.precision sets only the compute dtype (autocast). An
+    # encoder saved in fp16 or bf16 loads in that dtype (transformers 5), where AdamW's small
+    # updates would round away: the cast is exact, and a no-op for a float32 checkpoint.
+    encoder.float()
     if getattr(encoder, "pooler", None) is not None:
         # The heads read the first token's state; an unused pooler would only cost time and
         # leave parameters without gradients (which DistributedDataParallel rejects).
