@@ -119,15 +119,23 @@ def paired_difference(values: dict[int, float], reference: dict[int, float], lev
     Pairing by seed removes what the two runs share (the same training subset, data order and
     head initialisation), so the interval is far tighter than one from two independent means.
     """
+    spread = _seed_differences(values, reference)
+    if spread is None:
+        return None
+    n, mean, sd = spread
+    half = scipy_stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
+    return PairedDifference(n, mean, mean - half, mean + half)
+
+
+def _seed_differences(values: dict[int, float], reference: dict[int, float]) -> Optional[tuple[int, float, float]]:
+    """(n, mean, sample sd) of value − reference over the seeds both have; None under 2 seeds."""
     seeds = sorted(set(values) & set(reference))
     if len(seeds) < 2:
         return None
     diffs = [values[s] - reference[s] for s in seeds]
     n = len(diffs)
     mean = sum(diffs) / n
-    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
-    half = scipy_stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
-    return PairedDifference(n, mean, mean - half, mean + half)
+    return n, mean, math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
 
 
 def detectable_difference(values: dict[int, float], reference: dict[int, float], level: float = 0.95,
@@ -136,13 +144,10 @@ def detectable_difference(values: dict[int, float], reference: dict[int, float],
     of these pairs' differences, detects (two-sided, at `level`) with probability `power`: what a
     null result on these seeds could have seen. Exact for normal differences: power is computed
     from the noncentral t distribution (ncp = δ·√n / sd) and solved for δ. None under 2 pairs."""
-    seeds = sorted(set(values) & set(reference))
-    if len(seeds) < 2:
+    spread = _seed_differences(values, reference)
+    if spread is None:
         return None
-    diffs = [values[s] - reference[s] for s in seeds]
-    n = len(diffs)
-    mean = sum(diffs) / n
-    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    n, _, sd = spread
     if sd == 0:
         return 0.0
     critical = scipy_stats.t.ppf(0.5 + level / 2, n - 1)
