@@ -180,6 +180,22 @@ def test_a_view_reads_its_settings_task_from_the_multi_task_run_and_is_paired(tm
     assert "Runs done: 4 of 10." in report  # of 2 mt + 2 × 2 plain + 2 × 2 mtdnn runs; the view trains nothing
 
 
+def test_the_overview_is_a_row_per_variant_and_a_column_per_baseline_setting(tmp_path):
+    study = load_study(write_study(tmp_path))
+    for seed, (rte, mrpc) in {1: (0.50, 0.70), 2: (0.60, 0.72)}.items():
+        finish(study, "mt", "mt", seed, {"avg": 0.6, "rte/accuracy": rte, "mrpc/accuracy": mrpc})
+        finish(study, "rte", "plain", seed, {"avg": 0.52})
+    finish(study, "mrpc", "plain", 1, {"avg": 0.70})
+    report = markdown(study)
+    lines = report.split("## Overview")[1].splitlines()
+    assert "| variant | rte | mrpc |" in lines  # the mt stage, where plain does not run, has no column
+    # rte by hand: plain 52.00 ± 0.00; mt_model 50, 60 → 55.00 ± 7.07, differences −2, +8 → +3.00 with
+    # t(0.975, 1) · sd(−2, 8) / √2 = 12.706 · 7.071 / 1.414 = 63.53; mrpc: one plain seed, no interval.
+    assert "| plain | 52.00 ± 0.00 | 70.00 |" in lines
+    assert "| mt_model | 55.00 ± 7.07<br>+3.00 [-60.53, +66.53] | 71.00 ± 1.41 |" in lines
+    assert "| mtdnn | — | — |" in lines
+
+
 # --------------------------------------------------------------------------- end to end
 
 

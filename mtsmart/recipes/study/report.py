@@ -151,6 +151,34 @@ def per_seed_markdown(study: Study, values: dict[str, tuple[Optional[str], dict[
     return lines
 
 
+def overview_markdown(study: Study) -> list[str]:
+    """The paper's table: a row per variant, a column per setting the baseline runs in, each cell
+    the report seeds' mean ± std and the seed-paired difference to the baseline with its 95%
+    interval (the setting's section has the rest)."""
+    settings = [s for s in study.settings if study.baseline in study.variants_in(s)]
+    if len(settings) < 2:
+        return []
+    values = {setting: report_values(study, setting) for setting in settings}
+    lines = ["## Overview", "",
+             f"Report seeds' mean ± std; below it, once both have two seeds, the seed-paired difference to "
+             f"{study.baseline} with its 95% t-interval (— where a variant does not run or has no report runs yet):", "",
+             "| variant | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
+    for variant in [v for v in study.variants if any(v in values[s] for s in settings)]:
+        cells = []
+        for setting in settings:
+            found = values[setting].get(variant, (None, {}))[1]
+            if not found:
+                cells.append("—")
+                continue
+            ordered = [found[seed] for seed in study.report_seeds if seed in found]
+            delta = None if variant == study.baseline else paired_difference(
+                _scaled(found), _scaled(values[setting][study.baseline][1]))
+            cells.append(_pm(ordered) + ("" if delta is None else f"<br>{_difference_cell(delta)}"))
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
 def pooled_rows(study: Study) -> list[tuple[str, str, int, int, Optional[PairedDifference]]]:
     """(variant, reference, settings with ≥ 2 paired report seeds, settings where both run, the
     pooled difference in points or None until every such setting has them): every variant against
@@ -294,6 +322,7 @@ def markdown(study: Study) -> str:
              f"Study file: `{study.path.name}`. Metric: final dev `{study.metric}` × 100 (results.json \"final\"). "
              f"Grid points are chosen on seeds {study.tune_seeds or '—'}; reported on seeds {study.report_seeds}. "
              f"Runs done: {done} of {total}.", ""]
+    lines += overview_markdown(study)
     total = 0.0
     for setting in study.settings:
         block, minutes = setting_markdown(study, setting)
