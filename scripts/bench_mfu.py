@@ -29,7 +29,6 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-import contextlib
 import copy
 
 import torch
@@ -66,20 +65,6 @@ def gemm_pass(model: nn.Module, tokens: int, precision: str) -> Callable[[], Non
                 F.linear(inputs, weight)
 
     return run
-
-
-def on_device(run: Callable[[], None], precision: str, device: torch.device) -> Callable[[], None]:
-    """The variant under the precision's autocast on `device`, ending when the device has finished
-    (a GPU runs asynchronously: without the synchronisation the clock would time the launches)."""
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
-
-    def wrapped() -> None:
-        with autocast():
-            run()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    return wrapped
 
 
 def main() -> None:
@@ -123,9 +108,9 @@ def main() -> None:
             torch.set_num_threads(threads)
         variants = {}
         for precision in precisions:
-            variants[f"gemm [{precision}]"] = on_device(gemm_pass(model, tokens, precision), precision, device)
+            variants[f"gemm [{precision}]"] = bench_step.in_precision(gemm_pass(model, tokens, precision), precision, device)
             for (name, masks), step in steps.items():
-                variants[f"{name} [{precision}, {masks}]"] = on_device(step, precision, device)
+                variants[f"{name} [{precision}, {masks}]"] = bench_step.in_precision(step, precision, device)
         medians = {name: statistics.median(times) for name, times in bench_step.timed(variants, 2, args.repeats).items()}
         for precision in precisions:
             gemm_rate = unit / medians[f"gemm [{precision}]"]

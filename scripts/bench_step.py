@@ -361,16 +361,22 @@ def smart_suite(model, batch, optimizer) -> tuple[dict[str, Callable[[], None]],
     return variants, peer is not None
 
 
-PRECISIONS = {"fp32": contextlib.nullcontext, "bf16": lambda: torch.autocast("cpu", dtype=torch.bfloat16)}
+PRECISIONS = ("fp32", "bf16")
 
 
-def in_precision(run: Callable[[], None], precision: str) -> Callable[[], None]:
-    """The variant under the precision's autocast, as the trainer runs a step."""
-    autocast = PRECISIONS[precision]
+def in_precision(run: Callable[[], None], precision: str, device: torch.device = torch.device("cpu")) -> Callable[[], None]:
+    """The variant under the precision's autocast on `device`, as the trainer runs a step, ending
+    when the device has finished (a GPU runs asynchronously: without the synchronisation the
+    clock would time the launches)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"in_precision: {precision!r} is not one of {PRECISIONS}")
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
 
     def wrapped() -> None:
         with autocast():
             run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     return wrapped
 
