@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,8 @@ from mtsmart.recipes.study.results import (
 from mtsmart.recipes.study.run_times import fit_run_times, hours_to_go
 from mtsmart.recipes.study.runner import RUN_RECORD, TIME_MARGIN, Queue, TimeBudget, last_error_line
 from mtsmart.recipes.study.spec import Job, StudyError, load_study
+
+REPO = Path(__file__).resolve().parents[1]
 
 TINY_BASE = {
     "model": {"name_or_path": "tiny", "tiny_hidden_size": 32},
@@ -461,6 +465,12 @@ def test_a_tiny_study_runs_reports_and_continues(tmp_path, data_root, monkeypatc
     assert f"| {detectable_difference(*scaled):.2f} |" in report.split(f"| rdrop | {point} | 2 |")[1].splitlines()[0]
     assert "Runs done: 6 of 6." in report  # 2 rdrop tune runs (one seed, two points) + 2 variants × 2 report seeds
     assert (study.output_dir / "report.png").stat().st_size > 1000
+
+    # The fit rule's reading: each run's last logged task loss, tune seeds at every grid point.
+    losses = subprocess.run([sys.executable, str(REPO / "scripts" / "study_train_loss.py"), str(path), "rte",
+                             "--seeds", "tune"], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert len(losses) == 2 and all("n = 1: final train/rte/loss" in line for line in losses)  # rdrop's two points
+    assert sum(f"{point} " in line and "* n = 1" in line for line in losses) == 1  # the chosen one marked
 
     # --report-only writes the same report from the finished runs and starts nothing.
     (study.output_dir / "report.md").unlink()
