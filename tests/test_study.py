@@ -145,6 +145,21 @@ def test_a_setting_and_variant_with_finished_runs_is_expected_to_take_what_they_
     assert expected(("s3", "v2")) == pytest.approx(math.exp((solution[0] + solution[1]) / 2 + solution[3]), rel=1e-6)
 
 
+def test_groups_of_runs_not_linked_by_a_setting_or_variant_are_not_mixed():
+    """mt_glue's first runs: a 90-minute SMART stage-one run in setting mt, and 1- to 40-minute
+    SMART fine-tuning runs elsewhere, no variant in both. The fit cannot tell how a group's time
+    splits between its settings and its variants, so an unseen variant in `stsb` is priced by the
+    fine-tuning group's variant alone (what stsb's runs took), not by a mean mixed with mt's."""
+    observed = {("mt", "mt_smart"): [5400.0], ("cola", "ft_smart"): [170.0], ("stsb", "ft_smart"): [380.0]}
+    expected = fit_run_times(observed)
+    assert expected(("stsb", "single")) == pytest.approx(380.0)
+    assert expected(("mt", "mt")) == pytest.approx(5400.0)
+    # A variant seen only in the other group: the setting's group decides.
+    assert expected(("stsb", "mt_smart")) == pytest.approx(380.0)
+    # An unseen setting, a seen variant: the mean setting term of the variant's group.
+    assert expected(("rte", "ft_smart")) == pytest.approx(math.sqrt(170.0 * 380.0))
+
+
 def test_run_times_cannot_be_fitted_without_a_finished_run():
     with pytest.raises(ValueError, match="at least one finished run"):
         fit_run_times({("s1", "v1"): []})

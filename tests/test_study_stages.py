@@ -13,7 +13,7 @@ from mtsmart.cli import main
 from mtsmart.recipes.study import stages
 from mtsmart.recipes.study.report import markdown
 from mtsmart.recipes.study.results import metrics_by_seed
-from mtsmart.recipes.study.runner import Queue, drop_finished_checkpoints, with_sources
+from mtsmart.recipes.study.runner import RUN_RECORD, Queue, drop_finished_checkpoints, with_sources
 from mtsmart.recipes.study.spec import Job, StudyError, load_study
 from test_study import TINY_BASE as STUDY_TINY_BASE
 
@@ -194,6 +194,25 @@ def test_the_overview_is_a_row_per_variant_and_a_column_per_baseline_setting(tmp
     assert "| plain | 52.00 ± 0.00 | 70.00 |" in lines
     assert "| mt_model | 55.00 ± 7.07<br>+3.00 [-60.53, +66.53] | 71.00 ± 1.41 |" in lines
     assert "| mtdnn | — | — |" in lines
+
+
+def test_the_plan_lists_the_runs_left_at_the_finished_runs_pace_and_touches_nothing(tmp_path, capsys):
+    path = write_study(tmp_path)
+    study = load_study(path)
+    for (setting, variant), seconds in {("mt", "mt"): 600.0, ("rte", "plain"): 100.0, ("mrpc", "plain"): 200.0}.items():
+        folder = finish(study, setting, variant, 1, {"avg": 0.5}, weights=True)
+        (folder / RUN_RECORD).write_text(json.dumps({"seconds": seconds, "finished": True}), encoding="utf-8")
+    assert main(["study", str(path), "--plan"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    # Seed 2 of mt, plain on rte and mrpc (seen: 600, 100, 200 s), and mtdnn's four runs, priced by
+    # their setting in plain's group (mt's group shares no setting or variant with it): 100 and 200 s.
+    assert out[0] == "study staged: 7 runs left, 2 workers"
+    assert "| mt | mt | 1 | 10.0 | seen |" in out and "| rte | plain | 1 | 1.7 | seen |" in out
+    assert "| rte | mtdnn | 2 | 1.7 | fit |" in out and "| mrpc | mtdnn | 2 | 3.3 | fit |" in out
+    total = 600 + 100 + 200 + 2 * 100 + 2 * 200
+    assert out[-1].startswith(f"About {total / 2 / 3600:.1f} h with 2 workers ({total / 3600:.1f} h of runs; 3 of the 7")
+    assert (Job("rte", "plain", "default", 1, "", {}).folder(study.runs_dir) / "checkpoints").is_dir()  # nothing dropped
+    assert not (study.output_dir / "report.md").exists()  # nor written
 
 
 # --------------------------------------------------------------------------- end to end

@@ -1,5 +1,5 @@
 """`mtsmart study STUDY.yaml [--workers N] [--threads T] [--settings A,B] [--variants A,B]
-[--stop-after-failures K] [--hours H] [--report-only]`: run a study, then write its report (docs/study.md)."""
+[--stop-after-failures K] [--hours H] [--report-only | --plan]`: run a study, then write its report (docs/study.md)."""
 from __future__ import annotations
 
 import argparse
@@ -30,6 +30,9 @@ def add_parser(commands) -> None:
                              "time (for a machine with a time limit, where a killed run loses its work since "
                              "its last checkpoint); rerun to continue")
     parser.add_argument("--report-only", action="store_true", help="write report.md / report.png from the finished runs; run nothing")
+    parser.add_argument("--plan", action="store_true",
+                        help="print the runs left (of --settings / --variants) per setting and variant and how long "
+                             "they will take at --workers at a time, from the finished runs' times; run and write nothing")
     parser.set_defaults(handler=run)
 
 
@@ -64,6 +67,13 @@ def run(args: argparse.Namespace) -> int:
         added = [v for v in with_sources(study, variants) if v not in variants]
         if added:
             print(f"--variants: also {', '.join(added)}: the runs of {', '.join(variants)} start from or read theirs")
+    if args.plan:
+        from mtsmart.recipes.study.plan import plan_text
+
+        if args.report_only:
+            raise StudyError("--plan and --report-only: give one of them")
+        print(plan_text(study, args.workers, settings, variants))
+        return 0
     # `kill` (SIGTERM) stops a study run in the background (where SIGINT is ignored) the same
     # clean way as Ctrl-C: the children stop and resume from their checkpoints next time.
     signal.signal(signal.SIGTERM, _interrupt)

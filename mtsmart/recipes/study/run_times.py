@@ -25,8 +25,10 @@ def _mean(values: list[float]) -> float:
 def fit_run_times(observed: dict[Cell, list[float]]) -> Callable[[Cell], float]:
     """The expected seconds of one run of a (setting, variant): the geometric mean of its
     finished runs' seconds, or, for one without any, the least-squares fit of log seconds as
-    a[setting] + b[variant] (alternating means), where a setting or a variant without any
-    finished run takes the mean of the others' terms. `observed` must hold at least one time."""
+    a[setting] + b[variant] (alternating means), where a variant without a finished run (or one
+    timed only in settings not linked to this one) takes the mean variant term of the setting's
+    group, and a setting without one the mean setting term of the variant's group.
+    `observed` must hold at least one time."""
     log_times = {cell: [math.log(max(seconds, 1.0)) for seconds in times] for cell, times in observed.items() if times}
     if not log_times:
         raise ValueError("fit_run_times needs at least one finished run")
@@ -38,9 +40,45 @@ def fit_run_times(observed: dict[Cell, list[float]]) -> Callable[[Cell], float]:
     for _ in range(FIT_ROUNDS):
         b = {v: _mean([t - a[s] for s, w, t in logs if w == v]) for v in variants}
         a = {s: _mean([t - b[w] for r, w, t in logs if r == s]) for s in settings}
-    mean_a, mean_b = _mean(list(a.values())), _mean(list(b.values()))
     seen = {cell: _mean(ts) for cell, ts in log_times.items()}
-    return lambda cell: math.exp(seen[cell] if cell in seen else a.get(cell[0], mean_a) + b.get(cell[1], mean_b))
+    group = _connected(list(log_times))
+    mean_a, mean_b = _mean(list(a.values())), _mean(list(b.values()))
+
+    def expected(cell: Cell) -> float:
+        setting, variant = cell
+        if cell in seen:
+            return math.exp(seen[cell])
+        if setting in a and variant in b and group[("s", setting)] == group[("v", variant)]:
+            return math.exp(a[setting] + b[variant])
+        if setting in a:
+            # The fit splits a run's time between its setting and its variant only up to a constant
+            # within each connected group of cells (settings and variants linked by finished runs):
+            # across groups their terms do not add up. So the setting's term goes with the mean
+            # variant term of its own group.
+            mine = [b[v] for v in b if group[("v", v)] == group[("s", setting)]]
+            return math.exp(a[setting] + _mean(mine))
+        if variant in b:
+            mine = [a[t] for t in a if group[("s", t)] == group[("v", variant)]]
+            return math.exp(_mean(mine) + b[variant])
+        return math.exp(mean_a + mean_b)
+
+    return expected
+
+
+def _connected(cells: list[Cell]) -> dict[tuple[str, str], int]:
+    """Each setting ("s", name) and variant ("v", name) of `cells` → the number of its connected
+    group in the graph whose edges are the cells."""
+    parent: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def root(node: tuple[str, str]) -> tuple[str, str]:
+        while parent.setdefault(node, node) != node:
+            node = parent[node]
+        return node
+
+    for setting, variant in cells:
+        parent[root(("s", setting))] = root(("v", variant))
+    roots = sorted({root(node) for node in parent})
+    return {node: roots.index(root(node)) for node in parent}
 
 
 def hours_to_go(observed: dict[Cell, list[float]], pending: list[Cell], running: list[tuple[Cell, float]],

@@ -186,11 +186,14 @@ class Queue:
     """The study's runs (of `settings` and `variants`, default all; a variant's sources join it)
     in priority order; report runs appear once their point is chosen."""
 
-    def __init__(self, study: Study, settings: Optional[list[str]] = None, variants: Optional[list[str]] = None):
+    def __init__(self, study: Study, settings: Optional[list[str]] = None, variants: Optional[list[str]] = None,
+                 tidy: bool = True):
+        """`tidy`: first drop the checkpoints no later stage needs (a runner's queue; a plan only reads)."""
         self.study = study
         self.settings = list(study.settings) if settings is None else settings
         chosen = set(study.variants if variants is None else with_sources(study, variants))
-        drop_finished_checkpoints(study)
+        if tidy:
+            drop_finished_checkpoints(study)
         self.tune = {s: [j for j in study.tune_jobs(s) if j.variant in chosen and not is_finished(j.folder(study.runs_dir))]
                      for s in self.settings}
         self.report = {s: [(v, seed) for v in study.variants_in(s) if study.trains(v) and v in chosen
