@@ -27,8 +27,8 @@ def fit_run_times(observed: dict[Cell, list[float]]) -> Callable[[Cell], float]:
     finished runs' seconds, or, for one without any, the least-squares fit of log seconds as
     a[setting] + b[variant] (alternating means), where a variant without a finished run (or one
     timed only in settings not linked to this one) takes the mean variant term of the setting's
-    group, and a setting without one the mean setting term of the variant's group.
-    `observed` must hold at least one time."""
+    group, and a setting without one the mean setting term of the variant's group (a cell of
+    neither: the overall means). `observed` must hold at least one time."""
     log_times = {cell: [math.log(max(seconds, 1.0)) for seconds in times] for cell, times in observed.items() if times}
     if not log_times:
         raise ValueError("fit_run_times needs at least one finished run")
