@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Optional
 
 from mtsmart.recipes.study.results import (
-    PairedDifference, chosen_point, detectable_difference, metrics_by_seed, paired_difference, paired_ratio, pooled_difference, summarise,
+    PairedDifference, chosen_point, detectable_difference, metrics_by_seed, paired_difference, paired_ratio,
+    pooled_difference, summarise,
 )
 from mtsmart.recipes.study.results import is_done
 from mtsmart.recipes.study.runner import RUN_RECORD
