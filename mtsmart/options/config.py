@@ -92,7 +92,7 @@ def check_range(section: str, obj: Any, rules: dict[str, tuple[str, Any]]) -> No
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = "minilm"  # hub id, local folder, `minilm` (packaged all-MiniLM-L6-v2) or `tiny` (random)
+    name_or_path: str = "minilm"  # hub id, local folder, `minilm` (packaged all-MiniLM-L6-v2) or `tiny` (random); its weights train in float32 whatever dtype they were saved in (`train.precision` sets the compute dtype)
     tokenizer: Optional[str] = None  # tokenizer source when it differs (default: the encoder's; `minilm` for tiny)
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"  # sdpa = PyTorch's fused attention
     dropout_masks: Literal["torch", "packed"] = "torch"  # packed: two masks per 64-bit random draw, bf16 steps 10-17% faster on a CPU; another random stream (docs/performance.md)
