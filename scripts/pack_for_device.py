@@ -50,12 +50,18 @@ def pack_encoder(site: Path) -> None:
     (package / "__init__.py").write_text(SHIM, encoding="utf-8")
 
 
-def pack_data(data_root: Path, out: Path) -> None:
+def check_data(data_root: Path) -> None:
+    """Before anything is written: a half-written pack would look complete to device_check.sh."""
     for name in TASK_FOLDERS:
         folder = data_root / "glue" / name
         if not folder.is_dir():
             sys.exit(f"pack_for_device: {folder} not found (set MTSMART_DATA to the data folder)")
-        shutil.copytree(folder, out / "glue" / name, ignore=shutil.ignore_patterns("original", "msr_paraphrase_*", "*.htm"))
+
+
+def pack_data(data_root: Path, out: Path) -> None:
+    for name in TASK_FOLDERS:
+        shutil.copytree(data_root / "glue" / name, out / "glue" / name,
+                        ignore=shutil.ignore_patterns("original", "msr_paraphrase_*", "*.htm"))
 
 
 def size_mb(folder: Path) -> float:
@@ -67,6 +73,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / ".device")
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("MTSMART_DATA", REPO.parent / "shared" / "data")))
     args = parser.parse_args()
+    check_data(args.data)
     if args.out.exists():
         shutil.rmtree(args.out)
     pack_encoder(args.out / "site")

@@ -430,6 +430,13 @@ def test_the_cli_refuses_a_count_below_one_in_one_line(tmp_path, capsys, option)
     assert err.count("\n") == 1 and not (tmp_path / "study" / "runs").exists()  # nothing started
 
 
+def test_the_cli_refuses_plan_with_report_only_in_one_line(tmp_path, capsys):
+    assert main(["study", str(write_study(tmp_path)), "--plan", "--report-only"]) == 2
+    err = capsys.readouterr().err
+    assert "--plan and --report-only: give one of them" in err and "Traceback" not in err
+    assert err.count("\n") == 1 and not (tmp_path / "study").exists()  # no report written, no runs
+
+
 @pytest.mark.parametrize("given, words", [("nope", "unknown setting 'nope'"), (",", "no setting given")])
 def test_the_cli_refuses_unknown_settings_in_one_line(tmp_path, capsys, given, words):
     assert main(["study", str(write_study(tmp_path)), "--settings", given]) == 2

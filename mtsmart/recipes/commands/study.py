@@ -60,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
         raise StudyError("--workers, --threads and --stop-after-failures must be at least 1")
     if args.hours is not None and not (math.isfinite(args.hours) and args.hours > 0):
         raise StudyError(f"--hours must be a positive number of hours, not {args.hours}")
+    if args.plan and args.report_only:
+        raise StudyError("--plan and --report-only: give one of them (--plan writes nothing)")
     study = load_study(args.study)
     settings = _names(args.settings, "--settings", "setting", list(study.settings))
     variants = _names(args.variants, "--variants", "variant", list(study.variants))
@@ -70,8 +72,6 @@ def run(args: argparse.Namespace) -> int:
     if args.plan:
         from mtsmart.recipes.study.plan import plan_text
 
-        if args.report_only:
-            raise StudyError("--plan and --report-only: give one of them")
         print(plan_text(study, args.workers, settings, variants))
         return 0
     # `kill` (SIGTERM) stops a study run in the background (where SIGINT is ignored) the same
