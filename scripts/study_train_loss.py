@@ -8,27 +8,19 @@ has a lower ℓs whether or not its decisions are harder to flip.
     python scripts/study_train_loss.py studies/smart_parts.yaml sst2_1k
     python scripts/study_train_loss.py studies/mt_glue.yaml rte --seeds tune    # every grid point, chosen one marked *
 
-With `--seeds tune` it reads the tune seeds' runs, every grid point: a study's fit rule (mt_glue's:
-a setting whose baseline ends above a training loss of 0.3 at its chosen point is underfit) is
-read there, before the report runs. A multi-task setting prints each task's loss.
+With `--seeds tune` it reads the tune seeds' runs, every grid point: where a study's fit rule
+(`fit`, docs/study.md) is read, before the report runs. A multi-task setting prints each task's loss.
 """
 import argparse
 import sys
 from pathlib import Path
 
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from mtsmart.recipes.study.fit import final_task_loss  # noqa: E402
 from mtsmart.recipes.study.report import report_values  # noqa: E402
 from mtsmart.recipes.study.results import summarise  # noqa: E402
 from mtsmart.recipes.study.spec import Job, load_study  # noqa: E402
-
-
-def final_task_loss(run: Path, task: str) -> float:
-    events = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
-    events.Reload()
-    return events.Scalars(f"train/{task}/loss")[-1].value
 
 
 def main() -> None:

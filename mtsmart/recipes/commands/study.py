@@ -93,6 +93,10 @@ def run(args: argparse.Namespace) -> int:
     if outcome is not None and outcome.failed:
         print(f"{len(outcome.failed)} runs failed; their train.log says why; rerun the same command to retry them")
         return 1
+    if outcome is not None and outcome.held:
+        for line in outcome.held:
+            print(f"held: {line}")
+        return 1
     if outcome is not None and outcome.out_of_time:
         print(f"out of time: {outcome.out_of_time} run{'' if outcome.out_of_time == 1 else 's'} left, none expected "
               f"to end within --hours {args.hours:g}; rerun to continue (finished runs are kept)")

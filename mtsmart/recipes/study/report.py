@@ -14,6 +14,7 @@ from mtsmart.recipes.study.results import (
     PairedDifference, chosen_point, detectable_difference, metrics_by_seed, paired_difference, paired_ratio,
     pooled_difference, summarise,
 )
+from mtsmart.recipes.study.fit import FitRuleError, FitState, describe, fit_verdict
 from mtsmart.recipes.study.results import is_done
 from mtsmart.recipes.study.runner import RUN_RECORD
 from mtsmart.recipes.study.spec import Job, Study
@@ -87,6 +88,7 @@ def setting_markdown(study: Study, setting: str) -> tuple[list[str], float]:
                 name = f"**{point}**" if point == chosen else point
                 lines.append(f"| {variant} | {name} | {len(found)} | {_pm(list(found.values())) if found else '—'} |")
         lines.append("")
+    lines += fit_markdown(study, setting)
     values = report_values(study, setting)
     if study.baseline not in values:
         return lines + scores_markdown(study, values) + per_seed_markdown(study, values), minutes
@@ -124,6 +126,17 @@ def setting_markdown(study: Study, setting: str) -> tuple[list[str], float]:
                      f"| {_interval(*pair, level=level)} | |")
     lines.append("")
     return lines + per_seed_markdown(study, values), minutes
+
+
+def fit_markdown(study: Study, setting: str) -> list[str]:
+    """The fit rule's verdict on the setting (nothing where the rule does not apply)."""
+    try:
+        verdict = fit_verdict(study, setting)
+    except FitRuleError as error:
+        return [f"Fit rule: {error}", ""]
+    if verdict.state is FitState.NOT_RULED:
+        return []
+    return [f"Fit rule (`fit`, training loss at most {study.fit.max_train_loss:g}): {describe(study, verdict)}.", ""]
 
 
 def scores_markdown(study: Study, values: dict[str, tuple[Optional[str], dict[int, float]]]) -> list[str]:

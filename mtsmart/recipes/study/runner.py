@@ -19,13 +19,14 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
 import yaml
 
 from mtsmart.recipes.study import stages
+from mtsmart.recipes.study.fit import FitGate
 from mtsmart.recipes.study.results import RESULTS, ROBUSTNESS, chosen_point, is_done, is_finished
 from mtsmart.recipes.study.run_times import Cell, fit_run_times, hours_to_go
 from mtsmart.recipes.study.spec import Job, Study
@@ -200,6 +201,7 @@ class Queue:
                            for seed in study.report_seeds]
                        for s in self.settings}
         self.reruns: set[Path] = set()  # source runs handed out to be trained again (each once per invocation)
+        self.fit = FitGate(study)  # a setting's report runs wait until its models fit (the study's fit rule)
 
     def next_ready(self, fits: Callable[[Job], bool] = lambda job: True) -> Optional[Job]:
         """The first run that can start now and `fits`, or None; each run is handed out once. Runs
@@ -207,13 +209,16 @@ class Queue:
         by setting, report runs of variants whose point is chosen (the baseline's among them), so
         paired comparisons complete early; then the remaining tune runs. A run that does not fit,
         or whose source run is not done, stays queued; a source run whose weights are gone is
-        handed out (finished) to be trained again, once."""
+        handed out (finished) to be trained again, once. Report runs in a setting the study's fit
+        rule holds (waiting for its tune runs, or underfit) stay queued."""
         for only_dependents in (True, False):
             for setting in self.settings:
                 for variant, seed in list(self.report[setting]):
                     point = chosen_point(self.study, setting, variant)
                     if point is None or (only_dependents and variant not in self.study.init_from):
                         continue
+                    if not self.fit.allows(setting):
+                        break
                     job = self.study.report_job(setting, variant, point, seed)
                     if is_done(job, self.study):
                         self.report[setting].remove((variant, seed))
@@ -265,12 +270,18 @@ class Queue:
     def remaining(self) -> int:
         return len(self.pending())
 
+    def held_runs(self) -> int:
+        """Report runs not yet done in the settings the fit rule holds as underfit."""
+        held = {setting for setting, verdict in self.fit.final.items() if not verdict.allows_report_runs}
+        return sum(len(self.report[setting]) for setting in held)
+
 
 @dataclass
 class Outcome:
     failed: list[Job]  # runs that ended without finishing (the others are done)
     stopped: Optional[str] = None  # why the runner stopped starting runs before the queue was empty
     out_of_time: int = 0  # runs left unstarted because none of them fitted in the time budget
+    held: list[str] = field(default_factory=list)  # settings whose report runs the fit rule holds (underfit), why
 
 
 class TimeBudget:
@@ -335,6 +346,8 @@ def _run_queue(study: Study, workers: int, threads: int, queue: Queue, stop_afte
                 running.append(launch(job, study.runs_dir, threads, plan))
                 print(f"start  {_name(job)} ({job.phase}{'; trained again: a later stage needs its weights' if rerun else ''})",
                       flush=True)
+            for line in queue.fit.take_news():
+                print(f"fit    {line}", flush=True)
             look_for_runs = False
             if not running:
                 break
@@ -376,7 +389,8 @@ def _run_queue(study: Study, workers: int, threads: int, queue: Queue, stop_afte
             item.process.terminate()
             item.process.wait()
             record(item, study.runs_dir)
-    return Outcome(failed, stopped, queue.remaining() if budget is not None and stopped is None else 0)
+    out_of_time = queue.remaining() - queue.held_runs() if budget is not None and stopped is None else 0
+    return Outcome(failed, stopped, out_of_time, queue.fit.held())
 
 
 def last_error_line(log: Path, start: int = 0) -> str:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -76,6 +77,15 @@ class RobustnessPlan:
     args: tuple[str, ...]  # e.g. ("--radii", "1e-3,1e-2", "--attack-steps", "5")
 
 
+@dataclass(frozen=True)
+class FitRule:
+    """`fit: {variant, max_train_loss}`: a setting's report runs start only once this variant's tune
+    runs there end at most this training loss (mtsmart.recipes.study.fit)."""
+
+    variant: str
+    max_train_loss: float
+
+
 @dataclass
 class Study:
     path: Path
@@ -94,6 +104,7 @@ class Study:
     runs_in: dict[str, list[str]] = field(default_factory=dict)  # variant → the settings it runs in (default all)
     init_from: dict[str, Source] = field(default_factory=dict)  # variant → the cell whose same-seed run each run starts from
     scores_of: dict[str, Source] = field(default_factory=dict)  # variant → the cell whose same-seed run it reads (trains nothing)
+    fit: Optional[FitRule] = None  # report runs wait until the models fit (mtsmart.recipes.study.fit)
 
     def settings_of(self, variant: str) -> list[str]:
         return self.runs_in.get(variant, list(self.settings))
@@ -167,7 +178,7 @@ def merge(into: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 REQUIRED = ("name", "metric", "baseline", "seeds", "settings", "variants")
-KNOWN = (*REQUIRED, "output_dir", "base", "comparisons", "robustness")
+KNOWN = (*REQUIRED, "output_dir", "base", "comparisons", "robustness", "fit")
 STAGE_KEYS = ("settings", "init_from", "scores_of")  # a variant's keys that are not config
 
 
@@ -227,7 +238,9 @@ def _build(path: Path, data: dict[str, Any]) -> Study:
         comparisons.append((pair[0], pair[1]))
     runs_in, init_from, scores_of = _stages(stages, settings, variants, grids)
     robustness = _robustness_plan(data.get("robustness"), list(data["settings"]), list(variants))
+    fit = _fit_rule(data.get("fit"), variants, grids, bool(tune))
     return Study(
+        fit=fit,
         runs_in=runs_in,
         init_from=init_from,
         scores_of=scores_of,
@@ -311,6 +324,26 @@ def _robustness_plan(value: Any, settings: list[str], variants: list[str]) -> Op
     if not isinstance(args, list) or not all(isinstance(a, (str, int, float)) for a in args):
         raise StudyError(f"robustness.args: give a list of `mtsmart robustness` options, got {args!r}")
     return RobustnessPlan(value["setting"], tuple(chosen), tuple(str(a) for a in args))
+
+
+def _fit_rule(value: Any, variants: dict[str, dict[str, Any]], grids: dict[str, dict[str, list[Any]]],
+              has_tune_seeds: bool) -> Optional[FitRule]:
+    """fit: {variant: V, max_train_loss: L}; V needs a grid of two points or more: the rule reads its
+    tune runs at the chosen point (a variant with one point runs no tune seeds)."""
+    if value is None:
+        return None
+    value = _mapping(value, "fit")
+    if set(value) != {"variant", "max_train_loss"}:
+        raise StudyError(f"fit: give {{variant: V, max_train_loss: L}}, got {value!r}")
+    variant, limit = value["variant"], value["max_train_loss"]
+    if variant not in variants:
+        raise StudyError(f"fit.variant: {variant!r} is not one of the variants {list(variants)}")
+    if not has_tune_seeds or math.prod(len(values) for values in grids.get(variant, {}).values()) < 2:
+        raise StudyError(f"fit.variant: {variant!r} has no grid of two points or more, so it runs no tune seeds "
+                         "for the rule to read")
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not (0 < limit < float("inf")):
+        raise StudyError(f"fit.max_train_loss: give a positive finite loss, got {limit!r}")
+    return FitRule(str(variant), float(limit))
 
 
 def _check_every_run(study: Study) -> None:
