@@ -24,10 +24,10 @@ LOSS_TAG = "train/{task}/loss"
 
 
 class FitState(enum.Enum):
-    NOT_RULED = "no fit rule here"  # the study has no rule, or its variant does not run in the setting
-    WAITING = "the rule's tune runs are not finished"
-    FITS = "fits"
-    UNDERFIT = "underfit"
+    NOT_RULED = enum.auto()  # the study has no rule, or its variant does not run in the setting
+    WAITING = enum.auto()  # the rule variant's tune runs in the setting are not all finished
+    FITS = enum.auto()
+    UNDERFIT = enum.auto()
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def describe(study: Study, verdict: FitVerdict) -> str:
     """What the rule found in a setting, in words (for the runner's log and the report)."""
     rule = study.fit
     if verdict.state is FitState.NOT_RULED:
-        return verdict.state.value
+        return "no fit rule here"
     if verdict.state is FitState.WAITING:
         return f"waiting for {rule.variant}'s tune runs"
     losses = ", ".join(f"{task} {loss:.3f}" for task, loss in verdict.losses.items())
