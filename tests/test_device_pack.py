@@ -56,3 +56,12 @@ def test_the_pack_names_a_missing_data_folder_in_one_line(tmp_path):
     assert result.stderr.strip() == (f"pack_for_device: {tmp_path / 'nowhere' / 'glue' / 'CoLA'} not found "
                                      f"(set MTSMART_DATA to the data folder)")
     assert not (tmp_path / "device").exists()  # refused before anything was written
+
+
+def test_the_device_check_script_parses_and_names_files_that_exist():
+    """device_check.sh runs only on a GPU machine: a rename here would first show there, in device time."""
+    script = REPO / "scripts" / "device_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text()
+    for path in ("tests/test_cuda.py", "scripts/bench_mfu.py", "scripts/configs/quickstart.yaml"):
+        assert path in text and (REPO / path).is_file(), path
