@@ -131,6 +131,16 @@ def test_a_source_whose_weights_are_gone_is_handed_out_again_once(tmp_path):
     assert ("mt", "mt", 1) not in rest  # and it is handed out once, not again as an unfinished run
 
 
+def test_runs_whose_source_has_its_weights_go_before_a_source_is_trained_again(tmp_path):
+    """mt's seed 1 has its weights here, seed 2's are gone (committed results only): every run that
+    starts from seed 1 is handed out before seed 2's source is trained again — a session's end
+    takes the weights with it, so the runs needing them should not wait behind another retraining."""
+    study = load_study(write_study(tmp_path))
+    finish(study, "mt", "mt", 1, {"avg": 0.6}, weights=True)
+    finish(study, "mt", "mt", 2, {"avg": 0.6}, weights=False)
+    assert handed(Queue(study))[:3] == [("rte", "mtdnn", 1), ("mrpc", "mtdnn", 1), ("mt", "mt", 2)]
+
+
 def test_a_sources_checkpoint_stays_until_every_run_that_starts_from_it_is_done(tmp_path):
     study = load_study(write_study(tmp_path))
     source = finish(study, "mt", "mt", 1, {"avg": 0.6}, weights=True)

@@ -205,13 +205,15 @@ class Queue:
 
     def next_ready(self, fits: Callable[[Job], bool] = lambda job: True) -> Optional[Job]:
         """The first run that can start now and `fits`, or None; each run is handed out once. Runs
-        whose source run is done go first, so a source's checkpoint is dropped soon; then, setting
-        by setting, report runs of variants whose point is chosen (the baseline's among them), so
-        paired comparisons complete early; then the remaining tune runs. A run that does not fit,
-        or whose source run is not done, stays queued; a source run whose weights are gone is
-        handed out (finished) to be trained again, once. Report runs in a setting the study's fit
-        rule holds (waiting for its tune runs, or underfit) stay queued."""
-        for only_dependents in (True, False):
+        whose source run is done and has its weights go first, so a source's checkpoint is dropped
+        soon (and a machine's time limit, which takes the weights with it, finds few runs still
+        needing them); then a source run whose weights are gone (a finished run, handed out to be
+        trained again, once) for the runs that start from it; then, setting by setting, report
+        runs of variants whose point is chosen (the baseline's among them), so paired comparisons
+        complete early; then the remaining tune runs. A run that does not fit, or whose source run
+        is not done, stays queued. Report runs in a setting the study's fit rule holds (waiting for
+        its tune runs, or underfit) stay queued."""
+        for only_dependents, may_retrain in ((True, False), (True, True), (False, True)):
             for setting in self.settings:
                 for variant, seed in list(self.report[setting]):
                     point = chosen_point(self.study, setting, variant)
@@ -223,7 +225,7 @@ class Queue:
                     if is_done(job, self.study):
                         self.report[setting].remove((variant, seed))
                         continue
-                    handed = self._hand_out(job, fits)
+                    handed = self._hand_out(job, fits, may_retrain)
                     if handed is not None:
                         if handed.variant == variant:
                             self.report[setting].remove((variant, seed))
@@ -231,16 +233,16 @@ class Queue:
                 for job in list(self.tune[setting]):
                     if only_dependents and job.variant not in self.study.init_from:
                         continue
-                    handed = self._hand_out(job, fits)
+                    handed = self._hand_out(job, fits, may_retrain)
                     if handed is not None:
                         if handed.variant == job.variant:
                             self.tune[setting].remove(job)
                         return handed
         return None
 
-    def _hand_out(self, job: Job, fits: Callable[[Job], bool]) -> Optional[Job]:
+    def _hand_out(self, job: Job, fits: Callable[[Job], bool], may_retrain: bool) -> Optional[Job]:
         """The job if it can start now; its source run if that must be trained again first (its
-        weights are gone); None if it waits (for its source run, or for time)."""
+        weights are gone) and `may_retrain`; None if it waits (for its source run, or for time)."""
         if job.folder(self.study.runs_dir) in self.reruns:
             return None  # being trained again: handed out already
         if job.variant in self.study.init_from:
@@ -249,7 +251,7 @@ class Queue:
                 return None  # the source is still tuning or running, or queued like any other run
             folder = source.folder(self.study.runs_dir)
             if not has_checkpoint(folder):
-                if folder in self.reruns or not fits(source):
+                if not may_retrain or folder in self.reruns or not fits(source):
                     return None
                 self.reruns.add(folder)
                 return source
