@@ -141,6 +141,26 @@ def test_runs_whose_source_has_its_weights_go_before_a_source_is_trained_again(t
     assert handed(Queue(study))[:3] == [("rte", "mtdnn", 1), ("mrpc", "mtdnn", 1), ("mt", "mt", 2)]
 
 
+def test_a_source_tune_run_being_trained_again_keeps_its_point_chosen(tmp_path):
+    """mt and mtdnn both tune (mtdnn's tune runs start from mt's at its chosen point). mt's seed 2
+    run at that point is being trained again (its committed files set aside, a partial checkpoint):
+    its set-aside score still counts, so mt's point stays chosen and the runs starting from seed 1,
+    whose weights are here, are handed out — not held until the rerun ends."""
+    lr = {"train.lr": [1.0e-3, 1.0e-4]}
+    variants = {**VARIANTS, "mt": {**VARIANTS["mt"], "grid": lr}, "mtdnn": {**VARIANTS["mtdnn"], "grid": lr}}
+    study = load_study(write_study(tmp_path, variants=variants, seeds={"tune": [1, 2], "report": [3]}))
+    high, low = "train.lr_0.001", "train.lr_0.0001"
+    for seed in (1, 2):
+        finish(study, "mt", "mt", seed, {"avg": 0.4}, point=low)
+        finish(study, "mt", "mt", seed, {"avg": 0.6}, point=high, weights=seed == 1)
+    rerun = Job("mt", "mt", high, 2, "", {}).folder(study.runs_dir)
+    stages.set_aside(rerun)
+    (rerun / "checkpoints" / "step_3").mkdir(parents=True)
+    assert metrics_by_seed(study, "mt", "mt", high, [1, 2]) == {1: 0.6, 2: 0.6}
+    first = handed(Queue(study, variants=["mtdnn"]))[:4]
+    assert sorted(first) == [("mrpc", "mtdnn", 1), ("mrpc", "mtdnn", 1), ("rte", "mtdnn", 1), ("rte", "mtdnn", 1)]
+
+
 def test_a_sources_checkpoint_stays_until_every_run_that_starts_from_it_is_done(tmp_path):
     study = load_study(write_study(tmp_path))
     source = finish(study, "mt", "mt", 1, {"avg": 0.6}, weights=True)

@@ -15,6 +15,7 @@ from mtsmart.recipes.study.spec import Job, Study
 
 RESULTS = "results.json"
 ROBUSTNESS = "robustness.json"  # written by `mtsmart robustness` into the run folder
+PREVIOUS_RUN = "previous_run"  # where a source run trained again keeps its committed files (stages.set_aside)
 
 
 def is_finished(folder: Path) -> bool:
@@ -27,10 +28,21 @@ def is_done(job: Job, study: Study) -> bool:
     return is_finished(folder) and (not study.measures_robustness(job) or (folder / ROBUSTNESS).is_file())
 
 
+def results_file(folder: Path) -> Optional[Path]:
+    """The run's results.json; for a source run being trained again (its weights were gone), the
+    committed one set aside in previous_run/ until the rerun replaces it — training is
+    deterministic, the rerun is compared with it, and its grid point stays chosen meanwhile, so
+    the runs whose source has its weights need not wait. None if the run has no results."""
+    for path in (folder / RESULTS, folder / PREVIOUS_RUN / RESULTS):
+        if path.is_file():
+            return path
+    return None
+
+
 def run_metric(folder: Path, metric: str) -> Optional[float]:
     """The run's final dev `metric` (results.json "final"), or None if the run has not finished."""
-    path = folder / RESULTS
-    if not path.is_file():
+    path = results_file(folder)
+    if path is None:
         return None
     final = json.loads(path.read_text(encoding="utf-8")).get("final", {})
     if metric not in final:
@@ -43,8 +55,8 @@ def task_metric(folder: Path, metric: str, task: str) -> Optional[float]:
     results.json "final" (what `avg` is in a run of that task alone); another metric as it is."""
     if metric != "avg":
         return run_metric(folder, metric)
-    path = folder / RESULTS
-    if not path.is_file():
+    path = results_file(folder)
+    if path is None:
         return None
     final = json.loads(path.read_text(encoding="utf-8")).get("final", {})
     values = [float(v) for key, v in final.items() if key.startswith(f"{task}/")]

@@ -17,10 +17,8 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from mtsmart.recipes.study.results import RESULTS, chosen_point, is_done
+from mtsmart.recipes.study.results import PREVIOUS_RUN, RESULTS, chosen_point, is_done
 from mtsmart.recipes.study.spec import Job, Study
-
-PREVIOUS_RUN = "previous_run"  # where a rerun source's committed files wait to be compared
 CHECKPOINTS = "checkpoints"
 KEPT_FILES = ("study_run.json",)  # a rerun adds its time to the run's record
 
