@@ -72,3 +72,10 @@ def test_packed_masks_train_on_the_gpu_with_a_note(tmp_path, data_root):
                      data_root)
     assert "model.dropout_masks=packed is for CPUs" in result.stdout
     assert (out / "results.json").is_file()
+
+
+def test_the_default_masks_on_the_gpu_are_torchs(tmp_path, data_root):
+    out = tmp_path / "auto"
+    result = mtsmart(["train", *TINY, "train.precision=bf16", f"output_dir={out}"], data_root)
+    assert "dropout masks: torch (auto: torch's fused kernels on cuda)" in result.stdout
+    assert "dropout_masks: torch" in (out / "config.yaml").read_text()

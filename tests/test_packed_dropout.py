@@ -227,7 +227,7 @@ def test_a_packed_run_with_smart_and_a_teacher_resumes_exactly(tmp_path, train_t
     assert same_weights(straight, resumed)
     assert "dropout_masks: packed" in (straight / "config.yaml").read_text()
     # The same run with torch's masks is another random stream.
-    torch_masks = train_tiny(tmp_path / "torch", *COMMON[:-1], *method)
+    torch_masks = train_tiny(tmp_path / "torch", *COMMON[:-1], "model.dropout_masks=torch", *method)
     assert not same_weights(straight, torch_masks)
 
 

@@ -39,7 +39,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import mtsmart
-from mtsmart.options.config import Config, config_to_dict, renamed_to_current
+from mtsmart.options.config import EARLIER_DEFAULTS, Config, config_to_dict, renamed_to_current
 from mtsmart.support.io import atomic_write_json, give_default_mode
 from mtsmart.tasks.spec import DEFAULT_TASKS_DIR, task_file
 
@@ -353,8 +353,10 @@ def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
 
 def config_differences(saved: dict, current: dict) -> list[str]:
     """The keys whose values differ. A key the saved config lacks was added to mtsmart after the
-    checkpoint was written, with a default that keeps the earlier behaviour: it counts as that default."""
-    a, b = {**_flatten(config_to_dict(Config())), **_flatten(saved)}, _flatten(current)
+    checkpoint was written: it counts as what the run did then — the key's default, or, where the
+    default has changed since, the earlier one (EARLIER_DEFAULTS)."""
+    a = {**_flatten(config_to_dict(Config())), **EARLIER_DEFAULTS, **_flatten(saved)}
+    b = _flatten(current)
     keys = sorted(set(a) | set(b))
     return [k for k in keys if k not in RESUME_FREE_KEYS and a.get(k) != b.get(k)]
 

@@ -62,6 +62,9 @@ RENAMED_KEYS: dict[str, tuple[str, ...]] = {
        for key in ("step_size", "steps", "epsilon", "norm", "scope", "init", "init_scale", "weight")},
 }
 RENAMED_VALUES = {"smart.level": {"sentence": "example"}}
+# Keys whose default changed after they were added: what a saved config without the key ran with
+# (a checkpoint from before the key existed resumes as it ran).
+EARLIER_DEFAULTS = {"model.dropout_masks": "torch"}
 
 _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
@@ -95,7 +98,7 @@ class ModelConfig:
     name_or_path: str = "minilm"  # hub id, local folder, `minilm` (packaged all-MiniLM-L6-v2) or `tiny` (random); its weights train in float32 whatever dtype they were saved in (`train.precision` sets the compute dtype)
     tokenizer: Optional[str] = None  # tokenizer source when it differs (default: the encoder's; `minilm` for tiny)
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"  # sdpa = PyTorch's fused attention
-    dropout_masks: Literal["torch", "packed"] = "torch"  # packed: two masks per 64-bit random draw, bf16 steps 10-17% faster on a CPU; another random stream (docs/performance.md)
+    dropout_masks: Literal["auto", "torch", "packed"] = "auto"  # packed: two masks per 64-bit random draw, bf16 steps 10-17% faster on a CPU, dev scores as torch's (a random stream of its own; docs/performance.md); auto: packed on a CPU, torch on CUDA (fused kernels there), and a resumed run keeps the masks it started with (torch if it was saved before this option existed)
     tiny_hidden_size: int = 64  # size of the `tiny` encoder
     tiny_layers: int = 2  # layers of the `tiny` encoder
     tiny_heads: int = 2  # attention heads of the `tiny` encoder

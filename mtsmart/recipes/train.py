@@ -29,11 +29,11 @@ from mtsmart.components import distributed
 from mtsmart.components import warm_start
 from mtsmart.regularisers.registry import build_adversary
 from mtsmart.support.allocator import keep_freed_memory
-from mtsmart.options.config import Config, ConfigError, save_config
+from mtsmart.options.config import Config, ConfigError, renamed_to_current, save_config
 from mtsmart.support.io import atomic_write_json, check_writable_dir
 from mtsmart.components.logger import MetricLogger, ScalarMeter
 from mtsmart.model.multitask import unwrap
-from mtsmart.model.packed_dropout import use_packed_dropout
+from mtsmart.model.packed_dropout import resolve_dropout_masks, use_packed_dropout
 from mtsmart.support.precision import resolve_precision
 from mtsmart.support.run_lock import FolderLock
 from mtsmart.support.threads import choose_threads
@@ -204,6 +204,7 @@ class Trainer:
             raise ckpt.CheckpointError(
                 f"ranks see different checkpoints to resume {seen}: output_dir must be on a filesystem shared by all machines"
             )
+        self.resolve_dropout_masks(directory)
         if directory is None:
             ckpt.refuse_overwrite(self.out)
         else:
@@ -215,6 +216,13 @@ class Trainer:
                 print(f"resume: from {directory}" if directory is not None
                       else f"resume: no checkpoint in {self.out / 'checkpoints'}, starting fresh", flush=True)
         return directory
+
+    def resolve_dropout_masks(self, resume_from: Optional[Path]) -> None:
+        """model.dropout_masks=auto resolved before the checkpoint is compared (config.yaml records what ran)."""
+        resumed = None if resume_from is None else renamed_to_current(ckpt.read_state(resume_from)["config"])
+        self.cfg.model.dropout_masks, why = resolve_dropout_masks(self.cfg.model.dropout_masks, self.device, resumed)
+        if self.world.is_main:
+            print(f"dropout masks: {self.cfg.model.dropout_masks} ({why})", flush=True)
 
     def write_run_files(self, command_line: Optional[list[str]]) -> None:
         """config.yaml and run_info.json; a resumed run adds its own copies beside the first ones."""
