@@ -196,7 +196,8 @@ class Trainer:
             self.write_run_files(command_line)
 
     def find_resume(self) -> Optional[Path]:
-        """The checkpoint to continue (checked against this run), or None for a fresh run."""
+        """The checkpoint to continue (checked against this run, model.dropout_masks=auto resolved
+        against it first), or None for a fresh run."""
         directory, notes = ckpt.resume_directory(self.out, self.cfg) if self.world.is_main else (None, [])
         directory = distributed.broadcast_object(directory)  # rank 0 alone cleans up and chooses
         seen = distributed.gather_objects(str(directory))
