@@ -157,8 +157,31 @@ def test_a_source_tune_run_being_trained_again_keeps_its_point_chosen(tmp_path):
     stages.set_aside(rerun)
     (rerun / "checkpoints" / "step_3").mkdir(parents=True)
     assert metrics_by_seed(study, "mt", "mt", high, [1, 2]) == {1: 0.6, 2: 0.6}
-    first = handed(Queue(study, variants=["mtdnn"]))[:4]
-    assert sorted(first) == [("mrpc", "mtdnn", 1), ("mrpc", "mtdnn", 1), ("rte", "mtdnn", 1), ("rte", "mtdnn", 1)]
+    queue = Queue(study, variants=["mtdnn"])
+    every = handed(queue)
+    assert sorted(every[:4]) == [("mrpc", "mtdnn", 1), ("mrpc", "mtdnn", 1), ("rte", "mtdnn", 1), ("rte", "mtdnn", 1)]
+    # Then the retraining resumes, before mt's report run; seed 2's runs wait for it.
+    assert every[4:] == [("mt", "mt", 2), ("mt", "mt", 3)]
+    assert ("mt", "mt") not in queue.pending()  # handed out: not counted as left
+    (rerun / "results.json").write_text(json.dumps({"final": {"avg": 0.6}}), encoding="utf-8")
+    # Finished (its checkpoint kept): seed 2's runs start from it, and it leaves the tune queue.
+    assert ("rte", "mtdnn", 2) in handed(queue) and not [job for job in queue.tune["mt"] if job.seed == 2]
+
+
+def test_an_interrupted_retraining_is_resumed_before_another_source_is_trained_again(tmp_path):
+    """A restarted runner finds mt's seed 1 half retrained (its files set aside, a checkpoint) and
+    seed 2 finished without weights: seed 1's retraining is resumed first, each is handed out once,
+    and a finished retraining is no longer counted as left."""
+    study = load_study(write_study(tmp_path))
+    for seed in (1, 2):
+        finish(study, "mt", "mt", seed, {"avg": 0.6})
+    half = Job("mt", "mt", "default", 1, "", {}).folder(study.runs_dir)
+    stages.set_aside(half)
+    (half / "checkpoints" / "step_3").mkdir(parents=True)
+    queue = Queue(study, variants=["mtdnn"])
+    assert handed(queue) == [("mt", "mt", 1), ("mt", "mt", 2)]  # their runs wait for both
+    assert ("mt", "mt") not in queue.pending()  # handed out, not left
+    assert sorted(queue.pending()) == [("mrpc", "mtdnn")] * 2 + [("rte", "mtdnn")] * 2
 
 
 def test_a_sources_checkpoint_stays_until_every_run_that_starts_from_it_is_done(tmp_path):

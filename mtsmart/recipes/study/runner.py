@@ -231,6 +231,9 @@ class Queue:
                             self.report[setting].remove((variant, seed))
                         return handed
                 for job in list(self.tune[setting]):
+                    if is_done(job, self.study):  # a source handed out (and finished) as a retraining
+                        self.tune[setting].remove(job)
+                        continue
                     if only_dependents and job.variant not in self.study.init_from:
                         continue
                     handed = self._hand_out(job, fits, may_retrain)
@@ -247,9 +250,15 @@ class Queue:
             return None  # being trained again: handed out already
         if job.variant in self.study.init_from:
             source = stages.source_job(self.study, job.variant, job.seed)
-            if source is None or not is_done(source, self.study):
-                return None  # the source is still tuning or running, or queued like any other run
+            if source is None:
+                return None  # the source cell is still tuning
             folder = source.folder(self.study.runs_dir)
+            if not is_done(source, self.study):
+                # A retraining an earlier runner left unfinished is resumed before another starts.
+                if may_retrain and stages.is_interrupted_rerun(folder) and folder not in self.reruns and fits(source):
+                    self.reruns.add(folder)
+                    return source
+                return None  # the source is running, or queued like any other run
             if not has_checkpoint(folder):
                 if not may_retrain or folder in self.reruns or not fits(source):
                     return None
@@ -259,13 +268,17 @@ class Queue:
         return job if fits(job) else None
 
     def pending(self) -> list[Cell]:
-        """(setting, variant) of each run not yet handed out and not done."""
-        cells = [(job.setting, job.variant) for jobs in self.tune.values() for job in jobs]
+        """(setting, variant) of each run not yet handed out and not done (a source handed out to be
+        trained again counts as handed out)."""
+        def waiting(job: Job) -> bool:
+            return not is_done(job, self.study) and job.folder(self.study.runs_dir) not in self.reruns
+
+        cells = [(job.setting, job.variant) for jobs in self.tune.values() for job in jobs if waiting(job)]
         for setting, items in self.report.items():
             points = {variant: chosen_point(self.study, setting, variant) for variant in {v for v, _ in items}}
             for variant, seed in items:
                 point = points[variant]
-                if point is None or not is_done(self.study.report_job(setting, variant, point, seed), self.study):
+                if point is None or waiting(self.study.report_job(setting, variant, point, seed)):
                     cells.append((setting, variant))
         return cells
 

@@ -89,6 +89,11 @@ def set_aside(folder: Path) -> None:
             shutil.move(str(item), previous / item.name)
 
 
+def is_interrupted_rerun(folder: Path) -> bool:
+    """A source run whose retraining started (its committed files set aside) and has not finished."""
+    return (folder / PREVIOUS_RUN / RESULTS).is_file() and not (folder / RESULTS).is_file()
+
+
 def compare_rerun(folder: Path) -> Optional[str]:
     """After a rerun finished: None if its final scores equal the set-aside run's (previous_run/ is
     then removed), else a line saying how they differ (both are kept)."""
