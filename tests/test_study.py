@@ -373,6 +373,24 @@ def test_the_chosen_point_has_the_best_tune_mean_and_waits_for_every_tune_run(tm
     assert chosen_point(study, "rte", "rdrop") == "rdrop.alpha_1.0"  # 0.66 > 0.65
 
 
+def test_report_runs_go_seed_by_seed_across_settings_and_variants_before_tune_runs(tmp_path):
+    """Two settings, plain without a grid and rdrop with one: plain's report runs start at once,
+    seed-major (seed 2 in rte and mrpc before seed 3), then the tune runs; once rdrop's point is
+    chosen, its report runs too go seed by seed — a study cut short keeps whole seed-paired rows."""
+    settings = {"rte": {"tasks": ["rte"]}, "mrpc": {"tasks": ["mrpc"]}}
+    study = load_study(write_study(tmp_path, settings=settings, seeds={"tune": [1], "report": [2, 3]}))
+    order = [(j.setting, j.variant, j.seed) for j in iter(Queue(study).next_ready, None)]
+    assert order == [("rte", "plain", 2), ("mrpc", "plain", 2), ("rte", "plain", 3), ("mrpc", "plain", 3),
+                     ("rte", "rdrop", 1), ("rte", "rdrop", 1), ("mrpc", "rdrop", 1), ("mrpc", "rdrop", 1)]
+    for setting in settings:
+        for point, value in (("rdrop.alpha_0.5", 0.7), ("rdrop.alpha_1.0", 0.6)):
+            folder = Job(setting, "rdrop", point, 1, "", {}).folder(study.runs_dir)
+            folder.mkdir(parents=True)
+            (folder / "results.json").write_text(json.dumps({"final": {"avg": value}}), encoding="utf-8")
+    order = [(j.setting, j.variant, j.seed) for j in iter(Queue(study).next_ready, None)]
+    assert order == [(setting, variant, seed) for seed in (2, 3) for setting in ("rte", "mrpc") for variant in ("plain", "rdrop")]
+
+
 def fake_finished_run(study, variant: str, point: str, seed: int, seconds: float) -> None:
     """A finished run as the runner leaves it: results.json and its wall time in study_run.json."""
     fake_result(study, variant, point, seed, 0.6)

@@ -105,7 +105,7 @@ def test_a_later_stage_waits_for_its_source_run_and_starts_from_its_folder(tmp_p
 
 def test_variants_limit_the_queue_to_them_and_their_sources(tmp_path):
     study = load_study(write_study(tmp_path))
-    assert handed(Queue(study, variants=["plain"])) == [(s, "plain", seed) for s in ("rte", "mrpc") for seed in (1, 2)]
+    assert handed(Queue(study, variants=["plain"])) == [(s, "plain", seed) for seed in (1, 2) for s in ("rte", "mrpc")]
     # mtdnn's runs start from mt's, and mt_model reads them: mt joins both, plain stays out.
     assert stages_needed(study, ["mtdnn"]) == stages_needed(study, ["mt_model"]) == ["mt"]
     first = handed(Queue(study, variants=["mtdnn"]))

@@ -208,39 +208,58 @@ class Queue:
         whose source run is done and has its weights go first, so a source's checkpoint is dropped
         soon (and a machine's time limit, which takes the weights with it, finds few runs still
         needing them); then a source run whose weights are gone (a finished run, handed out to be
-        trained again, once) for the runs that start from it; then, setting by setting, report
-        runs of variants whose point is chosen (the baseline's among them), so paired comparisons
-        complete early; then the remaining tune runs. A run that does not fit, or whose source run
-        is not done, stays queued. Report runs in a setting the study's fit rule holds (waiting for
-        its tune runs, or underfit) stay queued."""
+        trained again, once) for the runs that start from it; then report runs of variants whose
+        point is chosen (the baseline's among them), seed by seed across settings and variants, so
+        that whole seed-paired comparisons — one seed's every arm in every setting — complete
+        early and a study cut short leaves complete pairs; then the remaining tune runs, setting
+        by setting. A run that does not fit, or whose source run is not done, stays queued. Report
+        runs in a setting the study's fit rule holds (waiting for its tune runs, or underfit) stay
+        queued."""
         for only_dependents, may_retrain in ((True, False), (True, True), (False, True)):
-            for setting in self.settings:
-                for variant, seed in list(self.report[setting]):
-                    point = chosen_point(self.study, setting, variant)
-                    if point is None or (only_dependents and variant not in self.study.init_from):
-                        continue
-                    if not self.fit.allows(setting):
-                        break
-                    job = self.study.report_job(setting, variant, point, seed)
-                    if is_done(job, self.study):
-                        self.report[setting].remove((variant, seed))
-                        continue
-                    handed = self._hand_out(job, fits, may_retrain)
-                    if handed is not None:
-                        if handed.variant == variant:
-                            self.report[setting].remove((variant, seed))
-                        return handed
-                for job in list(self.tune[setting]):
-                    if is_done(job, self.study):  # a source handed out (and finished) as a retraining
+            handed = (self._next_report(fits, only_dependents, may_retrain)
+                      or self._next_tune(fits, only_dependents, may_retrain))
+            if handed is not None:
+                return handed
+        return None
+
+    def _report_order(self) -> list[tuple[str, str, int]]:
+        """(setting, variant, seed) of the queued report runs, seed-major: the study's report seeds
+        in order; within a seed, settings in order; within a setting, variants in file order."""
+        rank = {seed: i for i, seed in enumerate(self.study.report_seeds)}
+        queued = [(setting, variant, seed) for setting in self.settings for variant, seed in self.report[setting]]
+        return sorted(queued, key=lambda item: rank[item[2]])  # stable: settings, then variants, keep their order
+
+    def _next_report(self, fits: Callable[[Job], bool], only_dependents: bool, may_retrain: bool) -> Optional[Job]:
+        for setting, variant, seed in self._report_order():
+            point = chosen_point(self.study, setting, variant)
+            if point is None or (only_dependents and variant not in self.study.init_from):
+                continue
+            if not self.fit.allows(setting):
+                continue
+            job = self.study.report_job(setting, variant, point, seed)
+            if is_done(job, self.study):
+                self.report[setting].remove((variant, seed))
+                continue
+            handed = self._hand_out(job, fits, may_retrain)
+            if handed is not None:
+                if handed.variant == variant:
+                    self.report[setting].remove((variant, seed))
+                return handed
+        return None
+
+    def _next_tune(self, fits: Callable[[Job], bool], only_dependents: bool, may_retrain: bool) -> Optional[Job]:
+        for setting in self.settings:
+            for job in list(self.tune[setting]):
+                if is_done(job, self.study):  # a source handed out (and finished) as a retraining
+                    self.tune[setting].remove(job)
+                    continue
+                if only_dependents and job.variant not in self.study.init_from:
+                    continue
+                handed = self._hand_out(job, fits, may_retrain)
+                if handed is not None:
+                    if handed.variant == job.variant:
                         self.tune[setting].remove(job)
-                        continue
-                    if only_dependents and job.variant not in self.study.init_from:
-                        continue
-                    handed = self._hand_out(job, fits, may_retrain)
-                    if handed is not None:
-                        if handed.variant == job.variant:
-                            self.tune[setting].remove(job)
-                        return handed
+                    return handed
         return None
 
     def _hand_out(self, job: Job, fits: Callable[[Job], bool], may_retrain: bool) -> Optional[Job]:
