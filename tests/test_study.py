@@ -17,7 +17,7 @@ from mtsmart.cli import main
 from mtsmart.recipes.study.report import _ratio, family_level, plot_panels, shared_half_width
 from mtsmart.recipes.study.results import (
     PairedDifference, chosen_point, detectable_difference, metrics_by_seed, paired_difference, paired_ratio,
-    pooled_difference, summarise,
+    pooled_difference, seed_means, summarise,
 )
 from mtsmart.recipes.study.run_times import fit_run_times, hours_to_go
 from mtsmart.recipes.study.runner import RUN_RECORD, TIME_MARGIN, Queue, TimeBudget, last_error_line
@@ -257,6 +257,20 @@ def test_the_report_pools_each_variant_over_settings_from_the_runs_results(tmp_p
     assert f"| plain − rdrop | 2 of 2 | {-d.mean:+.2f} [{-d.high:+.2f}, {-d.low:+.2f}] |" in report  # a `comparisons` row
     pooled_panel = plot_panels(study)[-1][1]["rdrop"]
     assert (pooled_panel.mean, pooled_panel.low, pooled_panel.high) == pytest.approx((d.mean, d.low, d.high))
+    # Each seed's mean over the two settings: seed 2 (3 + 0) / 2 = 1.5, seed 3 (1 + 4) / 2 = 2.5 —
+    # mean 2, sd √0.5, two pairs: half-width t(1) · √0.5 / √2 = 12.706 / 2.
+    half = t_quantile(0.975, 1.0) * math.sqrt(0.5) / math.sqrt(2)
+    assert half == pytest.approx(6.353, abs=1e-3)
+    detects = detectable_difference({2: 1.5, 3: 2.5}, {2: 0.0, 3: 0.0})
+    assert f"| rdrop − plain | 2 | +2.00 [{2 - half:+.2f}, {2 + half:+.2f}] | {detects:.2f} |" in report
+
+
+def test_seed_means_average_each_seed_over_the_settings_that_all_have_it():
+    a = ({1: 10.0, 2: 12.0, 3: 14.0}, {1: 9.0, 2: 9.0, 3: 9.0})
+    b = ({1: 20.0, 2: 22.0}, {1: 19.0, 2: 20.0, 7: 1.0})  # seed 3 missing here, seed 7 unpaired
+    values, reference = seed_means([a, b])
+    assert values == {1: 15.0, 2: 17.0} and reference == {1: 14.0, 2: 14.5}
+    assert seed_means([]) == ({}, {})
 
 
 def test_the_report_lists_each_variants_metric_per_report_seed(tmp_path):

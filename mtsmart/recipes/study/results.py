@@ -194,6 +194,20 @@ def paired_ratio(values: dict[int, float], reference: dict[int, float], level: f
     return PairedRatio(d.n, math.exp(d.mean), math.exp(d.low), math.exp(d.high))
 
 
+def seed_means(per_setting: list[tuple[dict[int, float], dict[int, float]]]) -> tuple[dict[int, float], dict[int, float]]:
+    """({seed: the values' mean over the settings}, {seed: the reference's}) for the seeds that every
+    setting has for both. Seed-paired differences of these means read the settings' average as one
+    outcome per seed, the reading a study that reports the same seeds in every setting can
+    pre-register; its t-interval has n − 1 dof over the seeds (pooled_difference instead pools each
+    setting's own variance)."""
+    if not per_setting:
+        return {}, {}
+    seeds = set.intersection(*(set(values) & set(reference) for values, reference in per_setting))
+    k = len(per_setting)
+    return ({s: sum(values[s] for values, _ in per_setting) / k for s in sorted(seeds)},
+            {s: sum(reference[s] for _, reference in per_setting) / k for s in sorted(seeds)})
+
+
 def pooled_difference(
     per_setting: list[tuple[dict[int, float], dict[int, float]]], level: float = 0.95
 ) -> Optional[PairedDifference]:
