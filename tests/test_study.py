@@ -430,6 +430,25 @@ def test_under_a_time_budget_only_runs_expected_to_end_in_time_start(tmp_path):
     assert queue.next_ready(later.fits) is None and queue.remaining() == 0
 
 
+def test_a_variant_without_finished_runs_is_priced_by_its_cost_twin_in_the_same_setting(tmp_path, capsys):
+    """`again` has plain's overrides and a learning-rate grid: its runs cost plain's (60 s), not the
+    fit's mean over plain and rdrop (√(60 · 7200) ≈ 657 s); rdrop's overrides differ, so it has no twin."""
+    variants = {"plain": {}, "again": {"grid": {"train.lr": [1.0e-4, 2.0e-4]}},
+                "rdrop": {"adversarial": {"method": "rdrop"}}}
+    path = write_study(tmp_path, variants=variants)
+    study = load_study(path)
+    assert study.cost_twins("again") == ["plain"] and study.cost_twins("rdrop") == []
+    fake_finished_run(study, "plain", "default", 2, 60.0)
+    fake_finished_run(study, "rdrop", "default", 2, 7200.0)
+    budget = TimeBudget(study, hours=0.1)  # 360 s: plain's pace fits, the fit's mean would not
+    job = next(j for j in study.tune_jobs("rte") if j.variant == "again")
+    assert budget.fits(job)
+    assert main(["study", str(path), "--plan"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "| rte | again | 4 | 1.0 | as plain |" in out  # two tune runs, two report runs
+    assert "| rte | rdrop | 1 | 120.0 | seen |" in out
+
+
 def test_a_budget_with_no_finished_run_lets_every_run_start(tmp_path):
     study = load_study(write_study(tmp_path))
     assert TimeBudget(study, hours=1e-6).fits(study.tune_jobs("rte")[0])  # nothing to predict from

@@ -325,10 +325,10 @@ class TimeBudget:
 
     def __init__(self, study: Study, hours: float):
         self.deadline = time.monotonic() + hours * 3600
-        self.refit(finished_run_seconds(study))
+        self.refit(with_twins_runs(study, finished_run_seconds(study)))
 
     def refit(self, observed: dict[Cell, list[float]]) -> None:
-        """Predict from these finished runs' times (finished_run_seconds, after a run finishes)."""
+        """Predict from these finished runs' times (with_twins_runs, after a run finishes)."""
         self.expected = fit_run_times(observed) if observed else None
 
     def fits(self, job: Job) -> bool:
@@ -403,7 +403,7 @@ def _run_queue(study: Study, workers: int, threads: int, queue: Queue, stop_afte
                     if difference:
                         print(f"RERUN  {_name(item.job)}: {difference}", flush=True)
                     drop_finished_checkpoints(study)  # sources whose last dependent run just finished
-                    observed = finished_run_seconds(study)
+                    observed = with_twins_runs(study, finished_run_seconds(study))
                     if budget is not None:
                         budget.refit(observed)
                     pending = queue.pending()
@@ -449,6 +449,23 @@ def finished_run_seconds(study: Study) -> dict[Cell, list[float]]:
         if entry.get("finished"):
             setting, variant = path.relative_to(study.runs_dir).parts[:2]
             found.setdefault((setting, variant), []).append(float(entry["seconds"]))
+    return found
+
+
+def with_twins_runs(study: Study, observed: dict[Cell, list[float]]) -> dict[Cell, list[float]]:
+    """`observed` (finished_run_seconds) and, for each training variant none of whose runs has
+    finished, in each of its settings, the runs there of its first cost twin that has some
+    (Study.cost_twins), as its own: the run-time fit then prices single-task fine-tuning by the
+    MT-DNN fine-tuning runs of the same config, not by the mean of every variant's cost."""
+    timed = {variant for _, variant in observed}
+    found = dict(observed)
+    for variant in study.variants:
+        if variant in timed or not study.trains(variant):
+            continue
+        for setting in study.settings_of(variant):
+            twin = next((other for other in study.cost_twins(variant) if (setting, other) in observed), None)
+            if twin is not None:
+                found[(setting, variant)] = list(observed[(setting, twin)])
     return found
 
 

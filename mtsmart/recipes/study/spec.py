@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,6 +127,20 @@ class Study:
             return True
         return any(len(self.points(d)) > 1 for d in self.dependents_of(setting, variant))
 
+    def cost_twins(self, variant: str) -> list[str]:
+        """The other training variants whose runs cost what this one's do in any setting they share,
+        in file order: the same config overrides and grid, a learning-rate grid aside (the rate
+        changes no run's cost, nor does starting from another stage's weights). What the run-time
+        estimates price a variant by before any of its own runs has finished."""
+        def cost(name: str) -> tuple[str, str]:
+            grid = {key: values for key, values in self.grids.get(name, {}).items() if key not in COST_NEUTRAL_GRID_KEYS}
+            return json.dumps(self.variants[name], sort_keys=True, default=str), json.dumps(grid, sort_keys=True, default=str)
+
+        if not self.trains(variant):
+            return []
+        return [other for other in self.variants
+                if other != variant and self.trains(other) and cost(other) == cost(variant)]
+
     def measures_robustness(self, job: Job) -> bool:
         plan = self.robustness
         return (plan is not None and job.phase == "report" and job.setting == plan.setting
@@ -180,6 +195,7 @@ def merge(into: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 REQUIRED = ("name", "metric", "baseline", "seeds", "settings", "variants")
 KNOWN = (*REQUIRED, "output_dir", "base", "comparisons", "robustness", "fit")
 STAGE_KEYS = ("settings", "init_from", "scores_of")  # a variant's keys that are not config
+COST_NEUTRAL_GRID_KEYS = ("train.lr",)  # grid keys that change no run's cost
 
 
 def load_study(path: str | Path) -> Study:
