@@ -230,11 +230,14 @@ class Queue:
         return sorted(queued, key=lambda item: rank[item[2]])  # stable: settings, then variants, keep their order
 
     def _next_report(self, fits: Callable[[Job], bool], only_dependents: bool, may_retrain: bool) -> Optional[Job]:
+        allowed: dict[str, bool] = {}  # the fit rule's verdict, read once per setting (it reads training logs)
         for setting, variant, seed in self._report_order():
             point = chosen_point(self.study, setting, variant)
             if point is None or (only_dependents and variant not in self.study.init_from):
                 continue
-            if not self.fit.allows(setting):
+            if setting not in allowed:
+                allowed[setting] = self.fit.allows(setting)
+            if not allowed[setting]:
                 continue
             job = self.study.report_job(setting, variant, point, seed)
             if is_done(job, self.study):
