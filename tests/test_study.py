@@ -254,6 +254,11 @@ def test_the_report_pools_each_variant_over_settings_from_the_runs_results(tmp_p
     assert d.mean == pytest.approx(2.0)
     report = markdown(study)
     assert f"| rdrop − plain | 2 of 2 | {d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}] |" in report
+    # Two comparisons per setting (rdrop − plain and plain − rdrop): the Bonferroni column at 97.5%.
+    assert "Δ [Bonferroni, m = 2] | min / run |" in report and "interval at 97.50%, Bonferroni" in report
+    rte_row = next(line for line in report.splitlines() if line.startswith("| rdrop | default | 2 |"))
+    adjusted = paired_difference({2: 53.0, 3: 61.0}, {2: 50.0, 3: 60.0}, level=0.975)
+    assert rte_row.split(" | ")[-2] == f"{adjusted.mean:+.2f} [{adjusted.low:+.2f}, {adjusted.high:+.2f}]"
     assert f"| plain − rdrop | 2 of 2 | {-d.mean:+.2f} [{-d.high:+.2f}, {-d.low:+.2f}] |" in report  # a `comparisons` row
     pooled_panel = plot_panels(study)[-1][1]["rdrop"]
     assert (pooled_panel.mean, pooled_panel.low, pooled_panel.high) == pytest.approx((d.mean, d.low, d.high))
@@ -287,6 +292,9 @@ def test_the_report_lists_each_variants_metric_per_report_seed(tmp_path):
     lines = markdown(study).splitlines()
     table = lines[lines.index("Per report seed:") + 2:][:4]
     assert table == ["| variant | seed 2 | seed 3 |", "|---|---|---|", "| plain | 60.00 | 75.12 |", "| r3f | 65.50 | — |"]
+    # One comparison (r3f − plain): no Bonferroni column, its interval would be the 95% one.
+    assert "| variant | grid point | n | mean ± std | best of 3 | Δ vs plain [95% CI] | detects | min / run |" in lines
+    assert "Bonferroni" not in "\n".join(lines)
 
 
 def test_every_plot_panel_shares_one_x_scale_centred_on_zero():
@@ -532,7 +540,7 @@ def test_a_tiny_study_runs_reports_and_continues(tmp_path, data_root, monkeypatc
     report = (study.output_dir / "report.md").read_text()
     assert "### Smoothness after training (rte" in report and "| plain | rte | 0.01 | 2 |" in report
     assert "| plain | default | 2 |" in report and f"| rdrop | {point} | 2 |" in report
-    assert "Bonferroni over the setting's m = 1 comparison (" in report  # rdrop vs plain: the plain 95% interval
+    assert "Bonferroni" not in report  # rdrop vs plain, one comparison: its interval is the 95% one
     rdrop, plain = (metrics_by_seed(study, "rte", v, p, [2, 3]) for v, p in [("rdrop", point), ("plain", "default")])
     scaled = [{k: 100 * v for k, v in found.items()} for found in (rdrop, plain)]
     assert f"| {detectable_difference(*scaled):.2f} |" in report.split(f"| rdrop | {point} | 2 |")[1].splitlines()[0]

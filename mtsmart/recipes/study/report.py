@@ -95,18 +95,25 @@ def setting_markdown(study: Study, setting: str) -> tuple[list[str], float]:
     baseline = values[study.baseline][1]
     comparisons = len(values) - 1 + len([pair for pair in study.comparisons if set(pair) <= set(values)])
     level = family_level(comparisons)
+    adjust = comparisons > 1  # with one comparison the Bonferroni interval is the 95% one
+    bonferroni = (f"; beside it the same difference's interval at {100 * level:.2f}%, Bonferroni over the setting's "
+                  f"m = {comparisons} comparisons (all of them hold together at 95%)") if adjust else ""
     lines += [f"Report, seeds {study.report_seeds}; Δ = seed-paired difference to {study.baseline} with its 95% "
-              f"t-interval (**+** / **−**: the interval excludes 0); beside it the same difference's interval at "
-              f"{100 * level:.2f}%, Bonferroni over the setting's m = {comparisons} comparison"
-              f"{'s' if comparisons > 1 else ''} (all of them hold together at 95%); \"detects\" is the smallest true "
+              f"t-interval (**+** / **−**: the interval excludes 0){bonferroni}; \"detects\" is the smallest true "
               f"difference these seed pairs, with their spread, detect with {100 * POWER:.0f}% power at two-sided 95% — "
               f"what a null could have seen:", "",
-              "| variant | grid point | n | mean ± std | best of 3 | Δ vs " + study.baseline + " [95% CI] "
-              f"| detects | Δ [Bonferroni, m = {comparisons}] | min / run |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| variant | grid point | n | mean ± std | best of 3 | Δ vs " + study.baseline + " [95% CI] | detects | "
+              + (f"Δ [Bonferroni, m = {comparisons}] | " if adjust else "") + "min / run |",
+              "|---|---|---|---|---|---|---|" + ("---|" if adjust else "") + "---|"]
+
+    def row(*cells: str) -> str:
+        """A table row; the Bonferroni cell (the second to last) only where there is that column."""
+        cells = cells if adjust else cells[:-2] + cells[-1:]
+        return "| " + " | ".join(cells) + " |"
+
     for variant, (point, found) in values.items():
         if point is None:
-            lines.append(f"| {variant} | (tuning unfinished) | 0 | — | — | — | — | — | — |")
+            lines.append(row(variant, "(tuning unfinished)", "0", "—", "—", "—", "—", "—", "—"))
             continue
         run_minutes = _minutes(study, setting, variant, point, study.report_seeds)
         minutes += run_minutes
@@ -118,12 +125,12 @@ def setting_markdown(study: Study, setting: str) -> tuple[list[str], float]:
         detects = "" if is_baseline else _detectable(found, baseline)
         adjusted = "" if is_baseline else _interval(found, baseline, level)
         per_run = f"{run_minutes / len(found):.1f}" if found else "—"
-        lines.append(f"| {variant} | {point} | {len(found)} | {_pm(ordered) if ordered else '—'} | {best} | {delta} "
-                     f"| {detects} | {adjusted} | {per_run} |")
+        lines.append(row(variant, point, str(len(found)), _pm(ordered) if ordered else "—", best, delta, detects,
+                         adjusted, per_run))
     for variant, reference in [pair for pair in study.comparisons if set(pair) <= set(values)]:
         pair = values[variant][1], values[reference][1]
-        lines.append(f"| {variant} − {reference} | | | | | {_interval(*pair)} | {_detectable(*pair)} "
-                     f"| {_interval(*pair, level=level)} | |")
+        lines.append(row(f"{variant} − {reference}", "", "", "", "", _interval(*pair), _detectable(*pair),
+                         _interval(*pair, level=level), ""))
     lines.append("")
     return lines + per_seed_markdown(study, values), minutes
 
